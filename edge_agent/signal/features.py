@@ -1,0 +1,183 @@
+"""The feature vector of a vibration window, with names, units and meaning.
+
+:func:`extract_features` turns any number of acceleration windows (one per row,
+or along any ``axis``) into a dict of named feature arrays. Names are stable
+across versions; :data:`FEATURE_DOCS` documents each with its unit.
+
+>>> import numpy as np
+>>> fs = 25600.0
+>>> t = np.arange(25600) / fs
+>>> x = np.stack([0.5 * np.sin(2 * np.pi * 100.0 * t), np.sin(2 * np.pi * 50.0 * t)])
+>>> feats = extract_features(x, fs)
+>>> np.round(feats["rms_g"], 3).tolist(), np.round(feats["dominant_hz"], 1).tolist()
+([0.354, 0.707], [100.0, 50.0])
+>>> feats["iso_zone"].tolist()
+['D', 'D']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_agent.signal.envelope import (amplitude_near, amplitude_spectrum,
+                                        default_envelope_band_hz, envelope)
+from edge_agent.signal.bearing import FAULTS, FaultOrders
+from edge_agent.signal.spectrum import (band_rms_g, default_bands_hz, dominant_hz, peak_hz,
+                                        spectral_centroid_hz, welch_psd)
+from edge_agent.signal.stats import _ratio, kurtosis, time_features
+from edge_agent.signal.velocity import DEFAULT_VELOCITY_BAND_HZ, iso_zone, velocity_rms_from_psd
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How features are computed for one kind of sensor (parameters as given).
+
+    Parameters
+    ----------
+    bands_hz : tuple of (lo, hi), optional
+        Bands for ``band_<lo>_<hi>hz_rms_g``; default the log-spaced
+        :func:`~edge_agent.signal.spectrum.default_bands_hz`.
+    velocity_band_hz : (lo, hi)
+        ISO 20816 band; use ``(2, 1000)`` for machines below 600 rpm.
+    psd_resolution_hz : float
+        Welch segment length is ``fs / psd_resolution_hz`` (capped at the window).
+    envelope_band_hz : (lo, hi), optional
+        Band-pass before the envelope; default
+        :func:`~edge_agent.signal.envelope.default_envelope_band_hz`.
+    envelope_min_hz, envelope_max_hz : float
+        Range searched for ``env_peak_hz``: above shaft wobble, below where
+        bearing defect lines end.
+    fault_orders : FaultOrders, optional
+        Bearing defect orders; with a shaft speed they add the ``*_hz`` defect
+        frequencies and the envelope amplitudes ``env_<fault>_g`` at them.
+    fault_tolerance : float
+        Relative half-width of the search band around each defect frequency
+        (slip makes real lines fall 1–2 % off the kinematic value).
+    iso_group, iso_foundation : int, str
+        ISO 20816-3 machine group (1 or 2) and foundation (rigid, flexible).
+    """
+
+    bands_hz: tuple[tuple[float, float], ...] | None = None
+    velocity_band_hz: tuple[float, float] = DEFAULT_VELOCITY_BAND_HZ
+    psd_resolution_hz: float = 4.0
+    envelope_band_hz: tuple[float, float] | None = None
+    envelope_min_hz: float = 5.0
+    envelope_max_hz: float = 1000.0
+    fault_orders: FaultOrders | None = None
+    fault_tolerance: float = 0.02
+    iso_group: int = 2
+    iso_foundation: str = "rigid"
+
+
+def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
+                     rpm=None, axis: int = -1) -> dict[str, np.ndarray]:
+    """Compute every feature of the windows in ``x``.
+
+    Parameters
+    ----------
+    x : array_like
+        Acceleration in g, time along ``axis`` (e.g. shape ``(n_windows, n_samples)``).
+    fs_hz : float
+        Sample rate.
+    spec : FeatureSpec
+        Feature parameters.
+    rpm : float or array_like, optional
+        Shaft speed, scalar or one per window.
+    axis : int
+        Time axis.
+
+    Returns
+    -------
+    dict
+        Feature name to an array of the shape of ``x`` without ``axis``
+        (``iso_zone`` holds letters; everything else float64).
+    """
+    x = np.moveaxis(np.asarray(x), axis, -1)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    n = x.shape[-1]
+    out = time_features(x)
+
+    nperseg = min(n, int(round(fs_hz / spec.psd_resolution_hz)))
+    freqs, psd = welch_psd(x, fs_hz, nperseg=nperseg)
+    bands = default_bands_hz(fs_hz) if spec.bands_hz is None else spec.bands_hz
+    out.update(band_rms_g(freqs, psd, bands))
+    out["spectral_centroid_hz"] = spectral_centroid_hz(freqs, psd)
+    out["dominant_hz"] = dominant_hz(freqs, psd)
+    velocity = velocity_rms_from_psd(freqs, psd, band_hz=spec.velocity_band_hz)
+    out["velocity_rms_mm_s"] = velocity
+    out["iso_zone"] = iso_zone(velocity, group=spec.iso_group, foundation=spec.iso_foundation)
+
+    band = spec.envelope_band_hz or default_envelope_band_hz(fs_hz)
+    env = envelope(x, fs_hz, band)
+    env_mean = env.mean(axis=-1, keepdims=True, dtype=np.float64)
+    out["env_rms_g"] = np.sqrt(np.mean((env - env_mean) ** 2, axis=-1, dtype=np.float64))
+    out["env_kurtosis"] = kurtosis(env)
+    out["env_mean_g"] = np.squeeze(env_mean, -1)
+    ef, ea = amplitude_spectrum(env, fs_hz)
+    out["env_peak_hz"] = peak_hz(ef, ea, min_hz=spec.envelope_min_hz, max_hz=spec.envelope_max_hz)
+
+    if rpm is not None and spec.fault_orders is not None:
+        shaft_hz = np.broadcast_to(np.asarray(rpm, dtype=np.float64) / 60.0, x.shape[:-1])
+        env_df = ef[1] - ef[0]
+        for name in FAULTS:
+            f_hz = getattr(spec.fault_orders, name) * shaft_hz
+            out[f"{name}_hz"] = f_hz
+            tol = np.maximum(spec.fault_tolerance * f_hz, 1.5 * env_df)
+            amp = amplitude_near(ef, ea, f_hz, tol[..., None])
+            out[f"env_{name}_g"] = amp
+            # Relative to the envelope spectrum's floor, so a louder machine does not
+            # read as a defect: how many times the median line the defect line is.
+            out[f"env_{name}_ratio"] = _ratio(amp, np.median(ea[..., 1:], axis=-1))
+    return out
+
+
+def feature_unit(name: str) -> str:
+    """The unit of a feature from its name ('' for dimensionless or unknown).
+
+    >>> feature_unit("velocity_rms_mm_s"), feature_unit("bpfo_hz"), feature_unit("kurtosis")
+    ('mm/s', 'Hz', '')
+    """
+    for suffix, unit in (("_mm_s", "mm/s"), ("_hz", "Hz"), ("_g2_hz", "g²/Hz"),
+                         ("_g2", "g²"), ("_g", "g"), ("_c", "°C")):
+        if name.endswith(suffix):
+            return unit
+    return ""
+
+
+#: Every feature :func:`extract_features` can produce: name → (unit, meaning).
+FEATURE_DOCS: dict[str, tuple[str, str]] = {
+    "mean_g": ("g", "DC offset (mean acceleration); drifts with sensor temperature"),
+    "rms_g": ("g", "AC RMS acceleration (mean removed): overall vibration level"),
+    "peak_g": ("g", "largest absolute deviation from the mean"),
+    "peak_to_peak_g": ("g", "maximum minus minimum"),
+    "crest_factor": ("", "peak over RMS; impacts from early bearing damage raise it (sine 1.41)"),
+    "kurtosis": ("", "Pearson kurtosis (Gaussian 3); impulsiveness, rises with early defects"),
+    "skewness": ("", "asymmetry of the amplitude distribution (symmetric 0)"),
+    "band_<lo>_<hi>hz_rms_g": ("g", "RMS acceleration in the band [lo, hi) Hz from the Welch "
+                                    "PSD; default bands 10-20-50-100-200-500-1k-2k-5k-10k-20k Hz "
+                                    "up to Nyquist"),
+    "spectral_centroid_hz": ("Hz", "power-weighted mean frequency; rises when high-frequency "
+                                   "impact energy grows"),
+    "dominant_hz": ("Hz", "frequency of the strongest PSD line above 2 Hz"),
+    "velocity_rms_mm_s": ("mm/s", "velocity RMS over the ISO 20816 band (10-1000 Hz) by "
+                                  "frequency-domain integration"),
+    "iso_zone": ("", "ISO 20816-3 zone A/B/C/D of velocity_rms_mm_s for the configured group "
+                     "and foundation"),
+    "env_rms_g": ("g", "RMS of the Hilbert envelope's fluctuation (envelope mean removed) in "
+                       "the envelope band"),
+    "env_mean_g": ("g", "mean of the Hilbert envelope: level in the envelope band"),
+    "env_kurtosis": ("", "Pearson kurtosis of the envelope; impacts make it peaky"),
+    "env_peak_hz": ("Hz", "strongest envelope-spectrum line between 5 and 1000 Hz: the "
+                          "repetition rate of impacts"),
+    "bpfo_hz": ("Hz", "ball-pass frequency, outer race (needs shaft speed and bearing)"),
+    "bpfi_hz": ("Hz", "ball-pass frequency, inner race"),
+    "bsf_hz": ("Hz", "ball (rolling element) spin frequency"),
+    "ftf_hz": ("Hz", "fundamental train (cage) frequency"),
+    "env_<fault>_g": ("g", "largest envelope-spectrum amplitude within ±2 % of that defect "
+                           "frequency (fault = bpfo, bpfi, bsf, ftf)"),
+    "env_<fault>_ratio": ("", "env_<fault>_g over the median envelope-spectrum line: how far "
+                              "the defect line stands above the floor"),
+}
