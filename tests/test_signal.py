@@ -60,21 +60,54 @@ def test_iso_zone_boundaries():
         iso_zone(1.0, group=3)
 
 
-@pytest.mark.parametrize("shape, axis, nperseg, noverlap, dtype", [
-    ((4, 25600), -1, 6400, None, np.float64),
-    ((25600, 3), 0, 2048, 512, np.float64),
-    ((2, 3, 5000), -1, 5000, None, np.float32),
-    ((2, 9000, 2), 1, 1000, 999, np.float64),
+@pytest.mark.parametrize("shape, axis, nperseg, noverlap, dtype, average", [
+    ((4, 25600), -1, 6400, None, np.float64, "mean"),
+    ((25600, 3), 0, 2048, 512, np.float64, "mean"),
+    ((2, 3, 5000), -1, 5000, None, np.float32, "mean"),
+    ((2, 9000, 2), 1, 1000, 999, np.float64, "mean"),
+    ((4, 25600), -1, 6400, None, np.float64, "median"),
+    ((3, 9000), -1, 1000, 250, np.float32, "median"),
 ])
-def test_batched_welch_matches_scipy(shape, axis, nperseg, noverlap, dtype):
+def test_batched_welch_matches_scipy(shape, axis, nperseg, noverlap, dtype, average):
     rng = np.random.default_rng(7)
     x = (rng.standard_normal(shape) + 0.3).astype(dtype)  # with a DC offset to detrend
-    f, p = welch_psd(x, FS, nperseg=nperseg, noverlap=noverlap, axis=axis)
+    f, p = welch_psd(x, FS, nperseg=nperseg, noverlap=noverlap, axis=axis, average=average)
     f_ref, p_ref = scipy.signal.welch(x, FS, window="hann", nperseg=nperseg, noverlap=noverlap,
-                                      detrend="constant", scaling="density", axis=axis)
+                                      detrend="constant", scaling="density", axis=axis,
+                                      average=average)
     np.testing.assert_allclose(f, f_ref)
     tol = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(p, p_ref, rtol=tol, atol=tol * float(np.max(p_ref)))
+
+
+def test_robust_welch_is_the_mean_when_stationary_and_ignores_a_shock():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 25600)) + sine(0.5, 160.0)
+    f, mean_psd = welch_psd(x, FS, nperseg=6400, average="mean")
+    _, robust_psd = welch_psd(x, FS, nperseg=6400, average="robust")
+    np.testing.assert_allclose(robust_psd, mean_psd)  # nothing left out
+    shocked = x.copy()
+    shocked[:, 3000:3015] += 40.0 * np.hanning(15)  # one knock, 0.6 ms
+    _, hit = welch_psd(shocked, FS, nperseg=6400, average="robust")
+    _, hit_mean = welch_psd(shocked, FS, nperseg=6400, average="mean")
+    total = lambda p: p.sum(axis=-1)  # noqa: E731
+    assert np.all(np.abs(total(hit) / total(mean_psd) - 1) < 0.1)
+    assert np.all(total(hit_mean) / total(mean_psd) > 1.3)
+
+
+def test_sustained_statistics_ignore_one_shock_but_follow_repetitive_impacts():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(25600)
+    knock = x.copy()
+    knock[12000:12015] += 30.0 * np.hanning(15)
+    impacts = x.copy()
+    for start in range(100, 25600 - 20, 160):  # 160 impacts a second, like a BPFO line
+        impacts[start:start + 15] += 6.0 * np.hanning(15)
+    feats = extract_features(np.stack([x, knock, impacts]), FS)
+    assert feats["kurtosis"][1] > 2 * feats["kurtosis"][0]  # the classic statistic jumps
+    assert feats["sustained_kurtosis"][1] == pytest.approx(feats["sustained_kurtosis"][0], rel=0.05)
+    assert feats["sustained_kurtosis"][2] > 1.3 * feats["sustained_kurtosis"][0]
+    assert feats["sustained_rms_g"][1] == pytest.approx(feats["sustained_rms_g"][0], rel=0.02)
 
 
 def test_moments_match_scipy_stats():

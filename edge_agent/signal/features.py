@@ -26,7 +26,7 @@ from edge_agent.signal.envelope import (amplitude_near, amplitude_spectrum,
 from edge_agent.signal.bearing import FAULTS, FaultOrders
 from edge_agent.signal.spectrum import (band_rms_g, default_bands_hz, dominant_hz, peak_hz,
                                         spectral_centroid_hz, welch_psd)
-from edge_agent.signal.stats import _ratio, kurtosis, time_features
+from edge_agent.signal.stats import _ratio, kurtosis, sustained_stats, time_features
 from edge_agent.signal.velocity import DEFAULT_VELOCITY_BAND_HZ, iso_zone, velocity_rms_from_psd
 
 
@@ -42,7 +42,15 @@ class FeatureSpec:
     velocity_band_hz : (lo, hi)
         ISO 20816 band; use ``(2, 1000)`` for machines below 600 rpm.
     psd_resolution_hz : float
-        Welch segment length is ``fs / psd_resolution_hz`` (capped at the window).
+        Welch segment length is ``fs / psd_resolution_hz``, at most a quarter of
+        the window so that there are always seven half-overlapping segments.
+    psd_average : {"robust", "mean", "median"}
+        How Welch segments are combined (see
+        :func:`~edge_agent.signal.spectrum.welch_psd`). ``"robust"`` leaves out
+        segments hit by a one-off shock, so band levels and velocity follow what
+        persists through the window.
+    sustained_blocks : int
+        Sub-blocks for the ``sustained_*`` statistics.
     envelope_band_hz : (lo, hi), optional
         Band-pass before the envelope; default
         :func:`~edge_agent.signal.envelope.default_envelope_band_hz`.
@@ -62,6 +70,8 @@ class FeatureSpec:
     bands_hz: tuple[tuple[float, float], ...] | None = None
     velocity_band_hz: tuple[float, float] = DEFAULT_VELOCITY_BAND_HZ
     psd_resolution_hz: float = 4.0
+    psd_average: str = "robust"
+    sustained_blocks: int = 8
     envelope_band_hz: tuple[float, float] | None = None
     envelope_min_hz: float = 5.0
     envelope_max_hz: float = 1000.0
@@ -99,11 +109,14 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
         x = x.astype(np.float32)
     n = x.shape[-1]
     out = time_features(x)
+    out.update(sustained_stats(x, spec.sustained_blocks))
 
-    nperseg = min(n, int(round(fs_hz / spec.psd_resolution_hz)))
-    freqs, psd = welch_psd(x, fs_hz, nperseg=nperseg)
+    nperseg = max(2, min(n // 4, int(round(fs_hz / spec.psd_resolution_hz))))
+    freqs, psd = welch_psd(x, fs_hz, nperseg=nperseg, average=spec.psd_average)
     bands = default_bands_hz(fs_hz) if spec.bands_hz is None else spec.bands_hz
-    out.update(band_rms_g(freqs, psd, bands))
+    # A band needs two PSD lines to be a band rather than one line's leakage.
+    df = fs_hz / nperseg
+    out.update(band_rms_g(freqs, psd, [(lo, hi) for lo, hi in bands if hi - lo >= 2 * df]))
     out["spectral_centroid_hz"] = spectral_centroid_hz(freqs, psd)
     out["dominant_hz"] = dominant_hz(freqs, psd)
     velocity = velocity_rms_from_psd(freqs, psd, band_hz=spec.velocity_band_hz)
@@ -156,9 +169,15 @@ FEATURE_DOCS: dict[str, tuple[str, str]] = {
     "crest_factor": ("", "peak over RMS; impacts from early bearing damage raise it (sine 1.41)"),
     "kurtosis": ("", "Pearson kurtosis (Gaussian 3); impulsiveness, rises with early defects"),
     "skewness": ("", "asymmetry of the amplitude distribution (symmetric 0)"),
+    "sustained_rms_g": ("g", "median of the RMS of 8 sub-blocks: the level that persists "
+                             "through the window, unmoved by a one-off shock"),
+    "sustained_kurtosis": ("", "median kurtosis of 8 sub-blocks: repetitive impacting (bearing "
+                               "damage) raises it, a single knock does not"),
+    "sustained_crest_factor": ("", "median crest factor of 8 sub-blocks"),
     "band_<lo>_<hi>hz_rms_g": ("g", "RMS acceleration in the band [lo, hi) Hz from the Welch "
-                                    "PSD; default bands 10-20-50-100-200-500-1k-2k-5k-10k-20k Hz "
-                                    "up to Nyquist"),
+                                    "PSD (shock-hit segments left out); default bands "
+                                    "10-20-50-100-200-500-1k-2k-5k-10k-20k Hz below Nyquist and "
+                                    "at least two PSD lines wide"),
     "spectral_centroid_hz": ("Hz", "power-weighted mean frequency; rises when high-frequency "
                                    "impact energy grows"),
     "dominant_hz": ("Hz", "frequency of the strongest PSD line above 2 Hz"),

@@ -28,6 +28,10 @@ DEFAULT_BAND_EDGES_HZ = (10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
                          5000.0, 10000.0, 20000.0)
 
 
+#: A Welch segment with this many times the median segment's power is a transient.
+TRANSIENT_POWER_RATIO = 2.5
+
+
 def default_bands_hz(fs_hz: float) -> tuple[tuple[float, float], ...]:
     """The default log-spaced bands that lie wholly below the Nyquist frequency.
 
@@ -52,8 +56,14 @@ def hann(n: int, dtype=np.float64) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(dtype)
 
 
+def _median_bias(n: int) -> float:
+    """Ratio of median to mean of a chi-square(2) sample of size n (as scipy corrects)."""
+    ii_2 = 2.0 * np.arange(1.0, (n - 1) // 2 + 1)
+    return 1.0 + float(np.sum(1.0 / (ii_2 + 1.0) - 1.0 / ii_2))
+
+
 def welch_psd(x, fs_hz: float, *, nperseg: int | None = None,
-              noverlap: int | None = None, axis: int = -1):
+              noverlap: int | None = None, average: str = "mean", axis: int = -1):
     """One-sided power spectral density by Welch's method, g²/Hz.
 
     Parameters
@@ -66,6 +76,13 @@ def welch_psd(x, fs_hz: float, *, nperseg: int | None = None,
         Segment length; default and maximum the whole window.
     noverlap : int, optional
         Overlap in samples; default ``nperseg // 2``.
+    average : {"mean", "median", "robust"}
+        How segments are combined: ``"mean"`` and ``"median"`` as in
+        ``scipy.signal.welch`` (the median is bias-corrected for noise, so it
+        overstates pure tones); ``"robust"`` is the mean of the segments whose
+        total power is within :data:`TRANSIENT_POWER_RATIO` of the median
+        segment's. A stationary signal keeps every segment (the result is the
+        mean); a one-off shock's segments are left out.
     axis : int
         Time axis; in the result it becomes the frequency axis.
 
@@ -89,7 +106,19 @@ def welch_psd(x, fs_hz: float, *, nperseg: int | None = None,
     segments = (segments - segments.mean(axis=-1, keepdims=True)) * window
     spectra = scipy.fft.rfft(segments, axis=-1)
     power = spectra.real**2 + spectra.imag**2
-    psd = power.mean(axis=-2, dtype=np.float64) / (fs_hz * float(np.sum(window**2)))
+    if average == "robust":
+        energy = power.sum(axis=-1, keepdims=True)
+        keep = energy <= TRANSIENT_POWER_RATIO * np.median(energy, axis=-2, keepdims=True)
+        combined = (np.sum(power * keep, axis=-2, dtype=np.float64)
+                    / np.sum(keep, axis=-2, dtype=np.float64))
+    elif average == "median":
+        nseg = power.shape[-2]
+        combined = np.median(power, axis=-2).astype(np.float64) / _median_bias(nseg)
+    elif average == "mean":
+        combined = power.mean(axis=-2, dtype=np.float64)
+    else:
+        raise ValueError(f"average must be 'mean', 'median' or 'robust', got {average!r}")
+    psd = combined / (fs_hz * float(np.sum(window**2)))
     psd[..., 1:] *= 2.0  # one-sided: fold the negative frequencies ...
     if nperseg % 2 == 0:
         psd[..., -1] /= 2.0  # ... which the Nyquist bin has none of
