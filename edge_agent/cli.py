@@ -80,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "features.")
     _add_input_options(p)
     p.set_defaults(func=_cmd_features)
+
+    p = sub.add_parser("replay", help="run the full pipeline over recordings",
+                       description="Replay recordings through features, learning and alert "
+                                   "logic. Files given together form one timeline per machine. "
+                                   "With --jsonl, writes one JSON object per window (kind "
+                                   "'verdict') and per alert (kind 'alert'); otherwise prints "
+                                   "the alerts and a summary.")
+    _add_input_options(p)
+    baseline = p.add_mutually_exclusive_group()
+    baseline.add_argument("--baseline-windows", type=int, metavar="N",
+                          help="healthy windows per machine to learn the baseline from "
+                               "(default 60)")
+    baseline.add_argument("--baseline-s", type=_positive, metavar="S",
+                          help="healthy period to learn the baseline from, seconds of the "
+                               "recording's clock")
+    p.add_argument("--jsonl", metavar="PATH", help="write verdicts and alerts as JSON lines "
+                                                   "to PATH ('-' for standard output)")
+    p.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    p.set_defaults(func=_cmd_replay)
     return parser
 
 
@@ -109,3 +128,9 @@ def _cmd_features(args) -> int:
                          "ts": iso_time(rec.start_s), "source": rec.source,
                          "features": rec.features}) + "\n")
     return 0
+
+
+def _cmd_replay(args) -> int:
+    from edge_agent.replay import replay_command
+
+    return replay_command(args)

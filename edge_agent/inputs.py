@@ -110,6 +110,7 @@ def feature_records(options: InputOptions) -> Iterator[tuple[int, FeatureRecord]
     def drain():
         specs = {}
         records = featurize(pending, lambda m, c: specs.setdefault(m, options.spec_for(m)))
+        records.sort(key=lambda r: r.start_s)  # channels interleaved in time order
         pending.clear()
         for rec in records:
             yield _numbered(rec, counters), rec

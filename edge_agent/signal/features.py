@@ -140,6 +140,9 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
             out[f"{name}_hz"] = f_hz
             tol = np.maximum(spec.fault_tolerance * f_hz, 1.5 * env_df)
             amp = amplitude_near(ef, ea, f_hz, tol[..., None])
+            # A line closer to 0 Hz than three envelope bins (FTF in a 0.1 s
+            # window) cannot be told from the envelope's own low-frequency hump.
+            amp = np.where(f_hz >= max(3 * env_df, spec.envelope_min_hz), amp, np.nan)
             out[f"env_{name}_g"] = amp
             # Relative to the envelope spectrum's floor, so a louder machine does not
             # read as a defect: how many times the median line the defect line is.
@@ -158,6 +161,36 @@ def feature_unit(name: str) -> str:
         if name.endswith(suffix):
             return unit
     return ""
+
+
+_LABELS = {
+    "rms_g": "RMS", "peak_g": "peak", "peak_to_peak_g": "peak-to-peak", "mean_g": "DC offset",
+    "crest_factor": "crest factor", "kurtosis": "kurtosis", "skewness": "skewness",
+    "sustained_rms_g": "RMS", "sustained_kurtosis": "kurtosis",
+    "sustained_crest_factor": "crest factor", "velocity_rms_mm_s": "velocity RMS",
+    "spectral_centroid_hz": "spectral centroid", "dominant_hz": "dominant frequency",
+    "env_rms_g": "envelope RMS", "env_mean_g": "envelope level",
+    "env_kurtosis": "envelope kurtosis", "env_peak_hz": "envelope peak",
+}
+
+
+def feature_label(name: str) -> str:
+    """A short name operators read in alerts.
+
+    >>> feature_label("band_1000_2000hz_rms_g"), feature_label("env_bpfo_ratio")
+    ('1000-2000 Hz band', 'BPFO envelope prominence')
+    """
+    if name in _LABELS:
+        return _LABELS[name]
+    if name.startswith("band_") and name.endswith("hz_rms_g"):
+        lo, hi = name[5:-8].split("_")
+        return f"{lo.replace('p', '.')}-{hi.replace('p', '.')} Hz band"
+    for fault in FAULTS:
+        if name == f"env_{fault}_ratio":
+            return f"{fault.upper()} envelope prominence"
+        if name == f"env_{fault}_g":
+            return f"{fault.upper()} envelope line"
+    return name.replace("_", " ")
 
 
 #: Every feature :func:`extract_features` can produce: name → (unit, meaning).
@@ -196,7 +229,8 @@ FEATURE_DOCS: dict[str, tuple[str, str]] = {
     "bsf_hz": ("Hz", "ball (rolling element) spin frequency"),
     "ftf_hz": ("Hz", "fundamental train (cage) frequency"),
     "env_<fault>_g": ("g", "largest envelope-spectrum amplitude within ±2 % of that defect "
-                           "frequency (fault = bpfo, bpfi, bsf, ftf)"),
+                           "frequency (fault = bpfo, bpfi, bsf, ftf); NaN when the line is "
+                           "within three envelope-spectrum bins of 0 Hz"),
     "env_<fault>_ratio": ("", "env_<fault>_g over the median envelope-spectrum line: how far "
                               "the defect line stands above the floor"),
 }

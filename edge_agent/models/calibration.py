@@ -1,0 +1,81 @@
+"""Turning raw scores into a common currency: surprise against the machine's own history.
+
+Each scorer speaks its own unit (baseline scales, HST mass, reconstruction
+error). Each raw score is converted to a *surprise*, ``-log10`` of the chance
+that a healthy window of this machine scores at least that much: 1 means one in
+ten, 3 one in a thousand. Inside the history the chance is read off the ranks;
+beyond its upper tail it is extrapolated with an exponential tail fitted to the
+excesses over the 80th percentile (peaks over threshold), so a score far beyond
+anything seen is very surprising instead of capped at "the largest seen".
+
+The history holds the baseline's out-of-sample scores for good (the anchor) plus
+a bounded window of recent scores of windows the machine learned from.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+#: Share of the history treated as the tail.
+TAIL_FRACTION = 0.2
+#: Surprises are reported up to this many decades (beyond it: certainty).
+MAX_SURPRISE = 30.0
+
+
+def tail_model(history: np.ndarray, tail_fraction: float = TAIL_FRACTION):
+    """Threshold ``u`` and scale ``beta`` of the exponential upper tail.
+
+    ``beta`` is the median excess over ``u`` divided by ln 2 (for an exponential
+    tail the median excess is ``beta ln 2``): unlike the mean excess, a few
+    start-up transients in the baseline do not fatten the tail.
+    """
+    u = float(np.quantile(history, 1.0 - tail_fraction))
+    excess = history[history > u] - u
+    spread = u - float(np.quantile(history, 0.5))
+    # A handful of excesses can be nearly equal; never let the tail be steeper
+    # than the body of the distribution suggests.
+    beta = max(float(np.median(excess)) / np.log(2) if excess.size else 0.0, 0.5 * spread, 1e-9)
+    return u, beta
+
+
+class TailCalibrator:
+    """Surprise of a raw score against the history of healthy scores.
+
+    >>> import numpy as np
+    >>> cal = TailCalibrator()
+    >>> cal.fit(np.random.default_rng(0).exponential(1.0, 2000))
+    >>> [round(cal.surprise(s), 1) for s in (0.0, 1.0, 2.3, 6.9, 11.5)]   # exact: s / ln 10
+    [0.0, 0.4, 1.0, 2.9, 4.8]
+    """
+
+    def __init__(self, recent_capacity: int = 1000):
+        self.recent_capacity = recent_capacity
+        self.anchor_ = np.empty(0)
+        self.recent_: deque[float] = deque(maxlen=recent_capacity)
+        self._cache = None
+
+    def fit(self, baseline_scores) -> None:
+        """Anchor the history with out-of-sample scores of baseline windows."""
+        self.anchor_ = np.asarray(baseline_scores, dtype=np.float64)
+        self._cache = None
+
+    def learn_one(self, score: float) -> None:
+        self.recent_.append(float(score))
+        self._cache = None
+
+    def _model(self):
+        if self._cache is None:
+            history = np.sort(np.concatenate([self.anchor_, np.fromiter(self.recent_, float)]))
+            self._cache = (history, *tail_model(history))
+        return self._cache
+
+    def surprise(self, score: float) -> float:
+        history, u, beta = self._model()
+        n = len(history)
+        if score > u:
+            p = TAIL_FRACTION * np.exp(-(score - u) / beta)
+        else:
+            p = (n - np.searchsorted(history, score, side="left") + 1) / (n + 1)
+        return float(min(max(0.0, -np.log10(max(p, 1e-300))), MAX_SURPRISE))

@@ -1,0 +1,361 @@
+"""One channel's detector: stopped check, regimes, baseline, scorers, threshold.
+
+For each window (a dict of features) it decides:
+
+1. *stopped*: the overall level is below a floor (or the shaft below a minimum
+   speed): not scored, not learned;
+2. the operating regime (by shaft speed) and, while that regime's baseline is
+   being collected, *baselining* with its progress;
+3. otherwise four scores (robust z, its trend, Half-Space Trees, autoencoder), each turned
+   into a surprise against its own history and combined, and the result compared
+   with the adaptive threshold. The scorers look for different kinds of change
+   (sudden, slow and persistent, a changed pattern between features), so they
+   are combined as a union of tests, not averaged: the largest surprise less
+   ``log10`` of their number (Bonferroni), which keeps "2" meaning "one healthy
+   window in a hundred scores this high";
+   A window counts as anomalous only if its change also matters in practice:
+   some health indicator's smoothed level moved by ``min_change_ratio`` or more
+   (amplitude terms), so a statistically clear but harmless few-percent drift on
+   a very steady machine is not an alert;
+4. whether to learn: only when the combined score is well below the threshold
+   (``learn_fraction`` of it) *and* the caller allows it (the machine is not in
+   warning or alarm). A window judged anomalous, or merely suspicious, is never
+   learned from, so a developing fault cannot become the new normal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent.models.autoencoder import IncrementalAutoencoder
+from edge_agent.models.baseline import Baseline
+from edge_agent.models.calibration import TailCalibrator
+from edge_agent.models.hst import FrozenHalfSpaceTrees
+from edge_agent.models.regime import SpeedRegimes
+from edge_agent.models.selection import select_features
+from edge_agent.models.threshold import AdaptiveThreshold
+from edge_agent.models.trend import TrendScorer
+from edge_agent.models.zscore import RobustZScorer
+
+SCORERS = ("zscore", "trend", "hst", "autoencoder")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Learning parameters of a channel (documented in docs/configuration.md)."""
+
+    baseline_windows: int = 60
+    baseline_s: float | None = None
+    min_baseline_windows: int = 20
+    stopped_rms_g: float = 0.005
+    stopped_fraction: float = 0.1
+    stopped_rpm: float = 30.0
+    regime_tolerance: float = 0.07
+    max_regimes: int = 8
+    features: tuple[str, ...] | None = None
+    zscore_top_k: int = 3
+    trend_span: int = 12
+    learn_fraction: float = 0.5
+    min_change_ratio: float = 1.15
+    restart_gap_s: float = 6 * 3600.0
+    settle_windows: int = 6
+    restart_budget: float = 0.25
+    hst_trees: int = 25
+    ae_batch: int = 16
+    ae_replay: int = 256
+    ae_baseline_epochs: int = 100
+    risk: float = 1e-3
+    threshold_floor: float = 2.0
+    threshold_max_growth: float = 1.5
+    alarm_factor: float = 2.0
+    adapt_rate: float = 0.002
+    drift_budget: float = 2.0
+    onnx_threads: int = 1
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """A feature behind a score: its deviation and its value against the baseline."""
+
+    feature: str
+    z: float
+    value: float
+    baseline: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    phase: str  # "stopped" | "baselining" | "monitoring"
+    baseline_progress: float
+    regime: str | None = None
+    score: float | None = None
+    threshold: float | None = None
+    alarm_threshold: float | None = None
+    learned: bool = False
+    scores: dict[str, float] = field(default_factory=dict)
+    contributions: tuple[Contribution, ...] = ()
+    magnitude: float = 1.0  # largest smoothed amplitude-equivalent change of a health indicator
+    min_change_ratio: float = 1.0
+
+    @property
+    def anomalous(self) -> bool:
+        return (self.score is not None and self.score >= self.threshold
+                and self.magnitude >= self.min_change_ratio)
+
+    @property
+    def severe(self) -> bool:
+        return self.anomalous and self.score >= self.alarm_threshold
+
+
+def combine(surprises: dict[str, float]) -> float:
+    """Largest surprise, Bonferroni-corrected for the number of scorers.
+
+    >>> round(combine({"zscore": 3.0, "trend": 0.5, "hst": 0.2, "autoencoder": 0.1}), 2)
+    2.4
+    """
+    return max(0.0, max(surprises.values()) - math.log10(len(surprises)))
+
+
+def _level(features: dict) -> float | None:
+    for name in ("sustained_rms_g", "rms_g"):
+        value = features.get(name)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+class RegimeModel:
+    """Baseline and learners of one operating regime of one channel."""
+
+    def __init__(self, names, directions, config: DetectorConfig):
+        self.names, self.directions, self.config = names, directions, config
+        self.baseline = Baseline(names, directions, adapt_rate=config.adapt_rate,
+                                 drift_budget=config.drift_budget)
+        self._reference_rows: list[dict] = []
+        self.fitted = False
+        self.updates = 0
+        self.restarts = 0
+        self.settling: list[np.ndarray] | None = None
+        self.running_s = 0.0  # baseline time the machine was seen running
+        self._last_s: float | None = None
+        self._restart_at: int | None = None  # first baseline window after a restart
+
+    # -- baseline phase ---------------------------------------------------------
+    def progress(self) -> float:
+        """Share of the baseline period collected; a duration counts running time only."""
+        c = self.config
+        by_count = self.baseline.n_collected / c.baseline_windows
+        if c.baseline_s is None:
+            return min(by_count, 1.0)
+        return min(self.running_s / c.baseline_s,
+                   self.baseline.n_collected / c.min_baseline_windows, 1.0)
+
+    def collect(self, x, features, t_s, restarted: bool) -> None:
+        if restarted:
+            self._restart_at = self.baseline.n_collected
+        elif self._last_s is not None:
+            self.running_s += max(0.0, t_s - self._last_s)
+        self._last_s = t_s
+        self.baseline.collect(x)
+        self._reference_rows.append(features)
+
+    def fit(self) -> None:
+        """Fit everything on the baseline; calibrate on out-of-sample scores.
+
+        Calibration scores come from two-fold cross-fitting on interleaved
+        windows (even windows scored by learners fitted on odd ones and the
+        reverse): a learner's scores on its own training windows are optimistic
+        and would set the threshold too low. Interleaving, rather than halves,
+        keeps a run-in drift within the baseline period out of the calibration,
+        which is about new windows from the same healthy state.
+        """
+        X = np.vstack(self.baseline._rows)
+        raw = {name: np.empty(len(X)) for name in SCORERS}
+        warmup = min(self.config.trend_span, len(X) // 6)
+        for train, test in ((slice(1, None, 2), slice(0, None, 2)),
+                            (slice(0, None, 2), slice(1, None, 2))):
+            learners = self._fit_learners(X[train])
+            Z = learners[0].standardize(X[test])
+            for name, values in zip(SCORERS, self._raw_scores(learners, Z)):
+                raw[name][test] = values
+            # The trend starts cold at zero: its warm-up would understate healthy
+            # trend scores and make the calibration overconfident.
+            raw["trend"][test][:warmup] = np.nan
+        self.learners = self._fit_learners(X)
+        self.calibrators = {name: TailCalibrator() for name in SCORERS}
+        for name in SCORERS:
+            self.calibrators[name].fit(raw[name][np.isfinite(raw[name])])
+        combined = [combine({n: self.calibrators[n].surprise(raw[n][i]) for n in SCORERS
+                             if np.isfinite(raw[n][i])}) for i in range(len(X))]
+        c = self.config
+        self.threshold = AdaptiveThreshold(risk=c.risk, floor=c.threshold_floor,
+                                           max_growth=c.threshold_max_growth,
+                                           alarm_factor=c.alarm_factor)
+        self.threshold.fit(combined)
+        self.baseline = self.learners[0]
+        self.reference = {k: float(np.median([r[k] for r in self._reference_rows if k in r]))
+                          for k in self._reference_rows[-1]}
+        self._reference_rows = []
+        self.fitted = True
+        if self._restart_at:  # a restart during the baseline: settle on what followed it
+            self.settling = []
+            for x in X[self._restart_at:]:
+                if self.settling is not None:
+                    self.settle(x)
+
+    def _fit_learners(self, X):
+        c = self.config
+        baseline = Baseline(self.names, self.directions, adapt_rate=c.adapt_rate,
+                            drift_budget=c.drift_budget)
+        for x in X:
+            baseline.collect(x)
+        baseline.fit()
+        Z = baseline.standardize(X)
+        zscore = RobustZScorer(self.names, self.directions, k=c.zscore_top_k)
+        trend = TrendScorer(self.names, self.directions, span=c.trend_span, k=c.zscore_top_k)
+        hst = FrozenHalfSpaceTrees(self.names, n_trees=c.hst_trees, seed=c.seed,
+                                   window_size=int(np.clip(len(X), 16, 256))).fit(Z)
+        ae = IncrementalAutoencoder(len(self.names), batch_size=c.ae_batch,
+                                    replay_capacity=c.ae_replay,
+                                    baseline_epochs=c.ae_baseline_epochs,
+                                    threads=c.onnx_threads, seed=c.seed).fit(Z)
+        return baseline, zscore, trend, hst, ae
+
+    @staticmethod
+    def _raw_scores(learners, Z):
+        _, zscore, trend, hst, ae = learners
+        return ([zscore.score_one(z) for z in Z], [trend.update_and_score(z) for z in Z],
+                [hst.score_one(z) for z in Z], ae.score(Z))
+
+    # -- monitoring -------------------------------------------------------------
+    def score(self, x):
+        baseline, zscore, trend, hst, ae = self.learners
+        z = baseline.standardize(x)
+        raw = dict(zip(SCORERS, (zscore.score_one(z), trend.update_and_score(z),
+                                 hst.score_one(z), ae.score_one(z))))
+        surprise = {n: self.calibrators[n].surprise(raw[n]) for n in SCORERS}
+        return z, raw, surprise, combine(surprise)
+
+    def magnitude(self) -> float:
+        """Largest amplitude-equivalent change among health indicators whose smoothed
+        deviation is clear (at least two baseline scales)."""
+        baseline, trend = self.learners[0], self.learners[2]
+        clear = (np.array(self.directions) == "up") & (trend.ewma_ >= 2.0)
+        ratios = baseline.amplitude_ratio(trend.ewma_)[clear]
+        return float(ratios.max()) if ratios.size else 1.0
+
+    def settle(self, x) -> float:
+        """Collect a window after a restart; re-centre when enough. Returns progress."""
+        self.settling.append(x)
+        progress = len(self.settling) / self.config.settle_windows
+        if progress >= 1.0:
+            self.learners[0].reanchor(np.vstack(self.settling), self.config.restart_budget)
+            self.learners[2].ewma_[:] = 0.0
+            self.settling = None
+            self.restarts += 1
+        return min(progress, 1.0)
+
+    def learn(self, x, z, raw, combined) -> None:
+        baseline, _, _, hst, ae = self.learners
+        baseline.learn_one(x)
+        hst.learn_one(z)
+        ae.learn_one(z)
+        for name in SCORERS:
+            self.calibrators[name].learn_one(raw[name])
+        self.threshold.learn_one(combined)
+        self.updates += 1
+
+    def contributions(self, x, z, top=5):
+        baseline, zscore = self.learners[0], self.learners[1]
+        index = {n: j for j, n in enumerate(self.names)}
+        return tuple(Contribution(name, zj, float(x[index[name]]), baseline.typical(index[name]))
+                     for name, zj in zscore.contributions(z, top))
+
+
+class ChannelDetector:
+    """Everything learned about one channel of one machine.
+
+    >>> det = ChannelDetector(DetectorConfig(baseline_windows=3, min_baseline_windows=2))
+    >>> det.process({"rms_g": 0.001}, rpm=None, t_s=0.0).phase
+    'stopped'
+    >>> det.process({"rms_g": 0.1, "kurtosis": 3.0}, rpm=None, t_s=1.0).baseline_progress
+    0.3333333333333333
+    """
+
+    def __init__(self, config: DetectorConfig = DetectorConfig()):
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (after maintenance): the next windows form a new baseline."""
+        self.generation = getattr(self, "generation", -1) + 1
+        self.last_running_s: float | None = None
+        self.regimes = SpeedRegimes(self.config.regime_tolerance, self.config.max_regimes)
+        self.models: dict[str, RegimeModel] = {}
+        self.names: list[str] | None = None
+
+    @property
+    def updates(self) -> int:
+        return sum(m.updates for m in self.models.values())
+
+    def _vector(self, features):
+        if self.names is None:
+            numeric = [k for k, v in features.items() if isinstance(v, (int, float))
+                       and not isinstance(v, bool)]
+            self.names, self.directions = select_features(numeric, self.config.features)
+        return np.array([features.get(n, np.nan) if isinstance(features.get(n), (int, float))
+                         else np.nan for n in self.names], dtype=np.float64)
+
+    def _stopped(self, features, rpm, model):
+        level = _level(features)
+        if rpm is not None and rpm < self.config.stopped_rpm:
+            return True
+        if level is None:
+            return False
+        floor = self.config.stopped_rms_g
+        if model is not None and model.fitted and "sustained_rms_g" in model.reference:
+            floor = max(floor, self.config.stopped_fraction * model.reference["sustained_rms_g"])
+        elif model is not None and model.fitted and "rms_g" in model.reference:
+            floor = max(floor, self.config.stopped_fraction * model.reference["rms_g"])
+        return level < floor
+
+    def process(self, features: dict, *, rpm: float | None, t_s: float,
+                may_learn: bool = True) -> Verdict:
+        """Score one window and learn from it when allowed and healthy."""
+        regime = self.regimes.assign(rpm) if rpm is not None and rpm >= self.config.stopped_rpm \
+            else ("any" if rpm is None else None)
+        model = self.models.get(regime) if regime else None
+        if regime is None or self._stopped(features, rpm, model):
+            return Verdict("stopped", model.progress() if model else 0.0, regime)
+        x = self._vector(features)
+        gap = None if self.last_running_s is None else t_s - self.last_running_s
+        self.last_running_s = t_s
+        if model is None:
+            model = self.models[regime] = RegimeModel(self.names, self.directions, self.config)
+        restarted = gap is not None and gap > self.config.restart_gap_s
+        if not model.fitted:
+            model.collect(x, {k: v for k, v in features.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)}, t_s,
+                          restarted)
+            progress = model.progress()
+            if progress >= 1.0:
+                model.fit()
+            return Verdict("baselining", progress, regime, learned=True)
+        if restarted and may_learn:
+            model.settling = []
+        if model.settling is not None:
+            return Verdict("baselining", model.settle(x), regime, learned=True)
+        z, raw, surprise, combined = model.score(x)
+        threshold = model.threshold.threshold_
+        learned = may_learn and combined < self.config.learn_fraction * threshold
+        verdict = Verdict("monitoring", 1.0, regime, combined, threshold,
+                          model.threshold.alarm_threshold_, learned, surprise,
+                          model.contributions(x, z), model.magnitude(),
+                          self.config.min_change_ratio)
+        if learned:
+            model.learn(x, z, raw, combined)
+        return verdict

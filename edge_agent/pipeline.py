@@ -1,0 +1,79 @@
+"""Feature records in, verdicts and alerts out: one detector per channel, one alerter per machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from edge_agent import __version__
+from edge_agent.alerts import AlertPolicy, MachineAlerter
+from edge_agent.frame import FeatureRecord, iso_time
+from edge_agent.models.detector import ChannelDetector, DetectorConfig
+
+
+class Pipeline:
+    """The learning and alerting core, free of I/O.
+
+    Parameters
+    ----------
+    config_for : callable, optional
+        ``machine -> DetectorConfig``; default one config for all.
+    policy_for : callable, optional
+        ``machine -> AlertPolicy``.
+    agent_id : str
+        Goes into alert ids and alerts.
+    """
+
+    def __init__(self, config: DetectorConfig = DetectorConfig(),
+                 policy: AlertPolicy = AlertPolicy(), *, agent_id: str = "edge-agent",
+                 config_for: Callable[[str], DetectorConfig] | None = None,
+                 policy_for: Callable[[str], AlertPolicy] | None = None):
+        self.config_for = config_for or (lambda machine: config)
+        self.policy_for = policy_for or (lambda machine: policy)
+        self.agent_id = agent_id
+        self.detectors: dict[tuple[str, str], ChannelDetector] = {}
+        self.alerters: dict[str, MachineAlerter] = {}
+
+    def detector(self, machine: str, channel: str) -> ChannelDetector:
+        key = (machine, channel)
+        if key not in self.detectors:
+            self.detectors[key] = ChannelDetector(self.config_for(machine))
+        return self.detectors[key]
+
+    def alerter(self, machine: str) -> MachineAlerter:
+        if machine not in self.alerters:
+            self.alerters[machine] = MachineAlerter(machine, self.policy_for(machine), self.agent_id)
+        return self.alerters[machine]
+
+    def process(self, record: FeatureRecord, index: int) -> tuple[dict, dict | None]:
+        """Verdict (as a JSON-ready dict) and the alert it raised, if any."""
+        detector = self.detector(record.machine, record.channel)
+        alerter = self.alerter(record.machine)
+        # No channel of a machine learns while the machine is in warning or alarm:
+        # its other channels may carry the same fault, more faintly.
+        verdict = detector.process(record.features, rpm=record.rpm, t_s=record.start_s,
+                                   may_learn=alerter.state == "normal")
+        model = detector.models.get(verdict.regime)
+        reference = model.reference if model is not None and model.fitted else {}
+        version = f"{__version__}+g{detector.generation}.u{detector.updates}"
+        alert = alerter.update(record.channel, verdict, record, reference, version,
+                               detector.generation)
+        state = (verdict.phase if verdict.phase != "monitoring"
+                 else alerter.channel_state(record.channel).state)
+        out = {"kind": "verdict", "machine": record.machine, "channel": record.channel,
+               "index": index, "ts": iso_time(record.start_s), "source": record.source,
+               "score": verdict.score, "threshold": verdict.threshold, "state": state,
+               "learned": verdict.learned}
+        if verdict.phase == "baselining":
+            out["baseline_progress"] = round(verdict.baseline_progress, 3)
+        if verdict.regime not in (None, "any"):
+            out["regime"] = verdict.regime
+        return out, alert
+
+    def rebaseline(self, machine: str) -> int:
+        """Restart learning for every channel of ``machine``; returns how many channels."""
+        channels = [det for (m, _), det in self.detectors.items() if m == machine]
+        for det in channels:
+            det.reset()
+        if machine in self.alerters:
+            self.alerters[machine].reset()
+        return len(channels)
