@@ -183,7 +183,11 @@ def build_alert(alerter: MachineAlerter, severity, previous, channel, channels, 
     iso = None
     if isinstance(zone, str) and "velocity_rms_mm_s" in features:
         iso = {"zone": zone, "velocity_rms_mm_s": features["velocity_rms_mm_s"]}
-        parts.append(f"velocity RMS {_fmt(features['velocity_rms_mm_s'])} mm/s, ISO zone {zone}")
+        if any(t["feature"] == "velocity_rms_mm_s" for t in top):
+            parts.append(f"ISO 20816 zone {zone}")
+        else:
+            parts.append(f"velocity RMS {_fmt(features['velocity_rms_mm_s'])} mm/s, "
+                         f"ISO 20816 zone {zone}")
     if severity == "normal":
         summary = f"{alerter.machine}: back to normal (was {previous})"
     else:

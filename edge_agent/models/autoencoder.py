@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.models.onnx_serving import OnnxRegressor, export_mlp
+from edge_agent.models.onnx_serving import OnnxRegressor, mlp_to_onnx
 
 
 class IncrementalAutoencoder:
@@ -76,23 +76,32 @@ class IncrementalAutoencoder:
 
     def _train(self, Z, epochs):
         for _ in range(epochs):
-            order = self._rng.permutation(len(Z))
-            for start in range(0, len(Z), self.batch_size):
-                batch = Z[order[start:start + self.batch_size]]
-                self.mlp_.partial_fit(batch, batch)
+            Z = Z[self._rng.permutation(len(Z))]
+            self.mlp_.partial_fit(Z, Z)
         self._serving = None  # re-export before the next score
 
     def fit(self, Z) -> "IncrementalAutoencoder":
         """Learn the baseline windows and seed the replay reservoir with them."""
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPRegressor
 
         Z = self._prepare(Z)
+        # One fit() call runs all baseline epochs in minibatches without the
+        # per-call input validation that partial_fit pays each time.
         self.mlp_ = MLPRegressor(hidden_layer_sizes=(self.hidden,), activation="tanh",
                                  solver="adam", learning_rate_init=self.learning_rate,
-                                 alpha=1e-3, random_state=self.seed)
+                                 alpha=1e-3, batch_size=self.batch_size,
+                                 max_iter=self.baseline_epochs, tol=0.0,
+                                 n_iter_no_change=self.baseline_epochs + 1,
+                                 random_state=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.mlp_.fit(Z, Z)
+        self._serving = None
         self.reservoir_ = np.empty((0, self.n_features), dtype=np.float32)
         self._add_to_reservoir(Z)
-        self._train(Z, self.baseline_epochs)
         return self
 
     def _add_to_reservoir(self, Z):
@@ -126,8 +135,8 @@ class IncrementalAutoencoder:
     def serving(self) -> OnnxRegressor:
         """The ONNX Runtime session of the current weights (exported on demand)."""
         if getattr(self, "_serving", None) is None:
-            self._serving = OnnxRegressor(export_mlp(self.mlp_, self.n_features),
-                                          self.n_features, threads=self.threads)
+            model = mlp_to_onnx(self.mlp_.coefs_, self.mlp_.intercepts_, "tanh")
+            self._serving = OnnxRegressor(model, self.n_features, threads=self.threads)
         return self._serving
 
     def score(self, Z) -> np.ndarray:
@@ -137,6 +146,11 @@ class IncrementalAutoencoder:
 
     def score_one(self, z) -> float:
         return float(self.score(z)[0])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_serving"] = None  # an ONNX Runtime session is rebuilt, not saved
+        return state
 
     def score_sklearn(self, Z) -> np.ndarray:
         """The same error computed by scikit-learn (for the parity test and benchmark)."""

@@ -14,14 +14,50 @@ a bounded window of recent scores of windows the machine learned from.
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
 #: Share of the history treated as the tail.
 TAIL_FRACTION = 0.2
 #: Surprises are reported up to this many decades (beyond it: certainty).
 MAX_SURPRISE = 30.0
+#: The tail is refitted once the history has grown by this share since the last
+#: fit: at every score while the history is short (right after commissioning,
+#: when each healthy score teaches the most and a lag could freeze learning),
+#: every few dozen once it holds a thousand (sorting it every window would cost).
+REFIT_GROWTH = 1 / 32
+
+
+class ScoreHistory:
+    """The baseline's scores (kept for good) and a ring buffer of recent ones."""
+
+    def __init__(self, recent_capacity: int):
+        self.anchor_ = np.empty(0)
+        self.recent_ = np.empty(recent_capacity)
+        self.n_recent_ = 0  # total appended; the ring holds the last ``capacity``
+        self._fresh = 0
+
+    def fit(self, scores) -> None:
+        self.anchor_ = np.asarray(scores, dtype=np.float64)
+        self.n_recent_ = 0
+        self._fresh = len(self.anchor_)  # refit at next use
+
+    def append(self, score: float) -> None:
+        self.recent_[self.n_recent_ % len(self.recent_)] = score
+        self.n_recent_ += 1
+        self._fresh += 1
+
+    def values(self) -> np.ndarray:
+        return np.concatenate([self.anchor_, self.recent_[:min(self.n_recent_, len(self.recent_))]])
+
+    def __len__(self) -> int:
+        return len(self.anchor_) + min(self.n_recent_, len(self.recent_))
+
+    def stale(self) -> bool:
+        """True when enough new scores arrived to refit (and resets the count)."""
+        if self._fresh >= max(1.0, REFIT_GROWTH * len(self)):
+            self._fresh = 0
+            return True
+        return False
 
 
 def tail_model(history: np.ndarray, tail_fraction: float = TAIL_FRACTION):
@@ -52,22 +88,19 @@ class TailCalibrator:
 
     def __init__(self, recent_capacity: int = 1000):
         self.recent_capacity = recent_capacity
-        self.anchor_ = np.empty(0)
-        self.recent_: deque[float] = deque(maxlen=recent_capacity)
+        self.history_ = ScoreHistory(recent_capacity)
         self._cache = None
 
     def fit(self, baseline_scores) -> None:
         """Anchor the history with out-of-sample scores of baseline windows."""
-        self.anchor_ = np.asarray(baseline_scores, dtype=np.float64)
-        self._cache = None
+        self.history_.fit(baseline_scores)
 
     def learn_one(self, score: float) -> None:
-        self.recent_.append(float(score))
-        self._cache = None
+        self.history_.append(float(score))
 
     def _model(self):
-        if self._cache is None:
-            history = np.sort(np.concatenate([self.anchor_, np.fromiter(self.recent_, float)]))
+        if self._cache is None or self.history_.stale():
+            history = np.sort(self.history_.values())
             self._cache = (history, *tail_model(history))
         return self._cache
 

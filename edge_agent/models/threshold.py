@@ -13,11 +13,9 @@ creeps up just below it:
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
-from edge_agent.models.calibration import TAIL_FRACTION, tail_model
+from edge_agent.models.calibration import TAIL_FRACTION, ScoreHistory, tail_model
 
 
 class AdaptiveThreshold:
@@ -50,22 +48,23 @@ class AdaptiveThreshold:
         self.max_growth = max_growth
         self.alarm_factor = alarm_factor
         self.recent_capacity = recent_capacity
-        self.recent_: deque[float] = deque(maxlen=recent_capacity)
+        self.history_ = ScoreHistory(recent_capacity)
 
     def _estimate(self, history: np.ndarray) -> float:
         u, beta = tail_model(history)
         return u + beta * np.log(TAIL_FRACTION / self.risk)
 
     def fit(self, baseline_scores) -> None:
-        self.anchor_ = np.asarray(baseline_scores, dtype=np.float64)
-        self.commissioned_ = max(self.floor, float(self._estimate(self.anchor_)))
+        self.history_.fit(baseline_scores)
+        self.history_.stale()
+        self.commissioned_ = max(self.floor, float(self._estimate(self.history_.anchor_)))
         self.threshold_ = self.commissioned_
 
     def learn_one(self, score: float) -> None:
-        self.recent_.append(float(score))
-        history = np.concatenate([self.anchor_, np.fromiter(self.recent_, float)])
-        self.threshold_ = float(np.clip(self._estimate(history), self.floor,
-                                        self.max_growth * self.commissioned_))
+        self.history_.append(float(score))
+        if self.history_.stale():
+            self.threshold_ = float(np.clip(self._estimate(self.history_.values()), self.floor,
+                                            self.max_growth * self.commissioned_))
 
     @property
     def alarm_threshold_(self) -> float:

@@ -155,12 +155,15 @@ def feature_unit(name: str) -> str:
 
     >>> feature_unit("velocity_rms_mm_s"), feature_unit("bpfo_hz"), feature_unit("kurtosis")
     ('mm/s', 'Hz', '')
+    >>> feature_unit("bpfo_energy_g2_hz")
+    'g²/Hz'
     """
-    for suffix, unit in (("_mm_s", "mm/s"), ("_hz", "Hz"), ("_g2_hz", "g²/Hz"),
-                         ("_g2", "g²"), ("_g", "g"), ("_c", "°C")):
-        if name.endswith(suffix):
-            return unit
-    return ""
+    return next((unit for suffix, unit in _UNIT_SUFFIXES if name.endswith(suffix)), "")
+
+
+#: Unit suffixes of feature names, longest first so ``_g2_hz`` wins over ``_hz``.
+_UNIT_SUFFIXES = (("_g2_hz", "g²/Hz"), ("_mm_s", "mm/s"), ("_g2", "g²"), ("_hz", "Hz"),
+                  ("_g", "g"), ("_c", "°C"))
 
 
 _LABELS = {
@@ -179,6 +182,8 @@ def feature_label(name: str) -> str:
 
     >>> feature_label("band_1000_2000hz_rms_g"), feature_label("env_bpfo_ratio")
     ('1000-2000 Hz band', 'BPFO envelope prominence')
+    >>> feature_label("bpfo_energy_g2_hz")
+    'bpfo energy'
     """
     if name in _LABELS:
         return _LABELS[name]
@@ -190,7 +195,8 @@ def feature_label(name: str) -> str:
             return f"{fault.upper()} envelope prominence"
         if name == f"env_{fault}_g":
             return f"{fault.upper()} envelope line"
-    return name.replace("_", " ")
+    stem = next((name[:-len(suffix)] for suffix, _ in _UNIT_SUFFIXES if name.endswith(suffix)), name)
+    return stem.replace("_", " ")
 
 
 #: Every feature :func:`extract_features` can produce: name → (unit, meaning).
