@@ -33,6 +33,8 @@ class IncrementalAutoencoder:
         Healthy windows per incremental update.
     replay_capacity : int
         Size of the reservoir of healthy windows (uniform sample of all seen).
+    replay_ratio : float
+        Replayed windows per new window in each update (0 turns replay off).
     baseline_epochs, update_epochs : int
         Passes over the data at the baseline fit and at each update.
     clip : float
@@ -53,13 +55,15 @@ class IncrementalAutoencoder:
     """
 
     def __init__(self, n_features: int, *, hidden: int | None = None, batch_size: int = 16,
-                 replay_capacity: int = 256, baseline_epochs: int = 100,
+                 replay_capacity: int = 256, replay_ratio: float = 1.0,
+                 baseline_epochs: int = 100,
                  update_epochs: int = 2, learning_rate: float = 0.01, clip: float = 30.0,
                  threads: int = 1, seed: int = 0):
         self.n_features = n_features
         self.hidden = hidden or max(2, n_features // 3)
         self.batch_size = batch_size
         self.replay_capacity = replay_capacity
+        self.replay_ratio = replay_ratio
         self.baseline_epochs = baseline_epochs
         self.update_epochs = update_epochs
         self.learning_rate = learning_rate
@@ -92,7 +96,7 @@ class IncrementalAutoencoder:
         # per-call input validation that partial_fit pays each time.
         self.mlp_ = MLPRegressor(hidden_layer_sizes=(self.hidden,), activation="tanh",
                                  solver="adam", learning_rate_init=self.learning_rate,
-                                 alpha=1e-3, batch_size=self.batch_size,
+                                 alpha=1e-3, batch_size=min(self.batch_size, len(Z)),
                                  max_iter=self.baseline_epochs, tol=0.0,
                                  n_iter_no_change=self.baseline_epochs + 1,
                                  random_state=self.seed)
@@ -117,7 +121,8 @@ class IncrementalAutoencoder:
     def partial_fit(self, Z) -> "IncrementalAutoencoder":
         """One incremental update on healthy windows ``Z`` mixed with as many replayed."""
         Z = self._prepare(Z)
-        replay = self.reservoir_[self._rng.integers(len(self.reservoir_), size=len(Z))]
+        n_replay = int(round(self.replay_ratio * len(Z))) if len(self.reservoir_) else 0
+        replay = self.reservoir_[self._rng.integers(len(self.reservoir_), size=n_replay)]
         self._train(np.vstack([Z, replay]), self.update_epochs)
         self._add_to_reservoir(Z)
         self.n_updates_ += 1

@@ -5,10 +5,12 @@ a transform (log10 when it is always positive, so that "twice the level" is the
 same step at any level), a robust centre (median) and scale (MAD, floored at a
 repeatability limit). Later windows are standardised against it.
 
-The baseline keeps adapting to windows it is allowed to learn from, slowly and
-only within a drift budget around its commissioning value: benign drift (run-in,
-season, load) is followed, while a fault creeping up below the threshold can
-never drag the reference along with it.
+The baseline keeps adapting to windows it is allowed to learn from. A health
+indicator that falls (run-in, a quieter machine) is followed quickly and without
+limit, since a falling level is never damage; a rise is followed slowly and only
+within a drift budget around the commissioning value: benign drift (season,
+load) is followed, while a fault creeping up below the threshold can never drag
+the reference along with it.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -56,19 +58,23 @@ class Baseline:
     adapt_rate : float
         Weight of one learned window in the moving centre (exponential
         forgetting with a time constant of ``1 / adapt_rate`` windows).
+    adapt_down_rate : float
+        The same for a health indicator ("up") below its centre.
     drift_budget : float
         How far, in baseline scales, the centre may move from its
         commissioning value.
     """
 
     def __init__(self, names, directions=None, *, adapt_rate: float = 0.002,
-                 drift_budget: float = 2.0):
+                 adapt_down_rate: float = 0.02, drift_budget: float = 2.0):
         self.names = list(names)
         self.directions = list(directions or ["both"] * len(self.names))
         #: log10 units per log10 of amplitude: 2 for power-like features.
         self.order_ = np.array([2.0 if is_power(n) else 1.0 for n in self.names])
         self.adapt_rate = adapt_rate
+        self.adapt_down_rate = adapt_down_rate
         self.drift_budget = drift_budget
+        self.up_ = np.array([d == "up" for d in self.directions])
         self._rows: list[np.ndarray] = []
         self.fitted_ = False
 
@@ -125,12 +131,15 @@ class Baseline:
         return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
 
     def learn_one(self, x) -> None:
-        """Move the centre towards a window judged healthy, within the drift budget."""
+        """Move the centre towards a window judged healthy (see the module docstring)."""
         t = self._transform(x)
         ok = np.isfinite(t)
-        step = np.where(ok, self.adapt_rate * (np.where(ok, t, 0.0) - self.center_), 0.0)
+        delta = np.where(ok, t, self.center_) - self.center_
+        falling = self.up_ & (delta < 0)
+        centre = self.center_ + np.where(falling, self.adapt_down_rate, self.adapt_rate) * delta
         budget = self.drift_budget * self.scale_
-        self.center_ = np.clip(self.center_ + step, self.center0_ - budget, self.center0_ + budget)
+        low = np.where(self.up_, -np.inf, self.center0_ - budget)
+        self.center_ = np.clip(centre, low, self.center0_ + budget)
 
     def reanchor(self, X, max_change: float) -> np.ndarray:
         """Re-centre on windows taken after a restart, within ``max_change`` of commissioning.

@@ -47,7 +47,7 @@ SCORERS = ("zscore", "trend", "hst", "autoencoder")
 class DetectorConfig:
     """Learning parameters of a channel (documented in docs/configuration.md)."""
 
-    baseline_windows: int = 60
+    baseline_windows: int = 120
     baseline_s: float | None = None
     min_baseline_windows: int = 20
     stopped_rms_g: float = 0.005
@@ -64,6 +64,7 @@ class DetectorConfig:
     settle_windows: int = 6
     restart_budget: float = 0.25
     hst_trees: int = 25
+    hst_min_windows: int = 64
     ae_batch: int = 16
     ae_replay: int = 256
     ae_baseline_epochs: int = 100
@@ -72,6 +73,7 @@ class DetectorConfig:
     threshold_max_growth: float = 1.5
     alarm_factor: float = 2.0
     adapt_rate: float = 0.002
+    adapt_down_rate: float = 0.02
     drift_budget: float = 2.0
     onnx_threads: int = 1
     seed: int = 42
@@ -189,7 +191,12 @@ class RegimeModel:
         self.calibrators = {name: TailCalibrator() for name in SCORERS}
         for name in SCORERS:
             self.calibrators[name].fit(raw[name][np.isfinite(raw[name])])
-        combined = [combine({n: self.calibrators[n].surprise(raw[n][i]) for n in SCORERS
+        # Half-Space Trees estimate healthy mass per cell: from a short baseline the
+        # cells are too sparse to trust. They are learned and reported either way,
+        # but vote only when the baseline was long enough (the threshold is
+        # calibrated on the same voters that decide later).
+        self.voting = [n for n in SCORERS if n != "hst" or len(X) >= self.config.hst_min_windows]
+        combined = [combine({n: self.calibrators[n].surprise(raw[n][i]) for n in self.voting
                              if np.isfinite(raw[n][i])}) for i in range(len(X))]
         c = self.config
         self.threshold = AdaptiveThreshold(risk=c.risk, floor=c.threshold_floor,
@@ -210,7 +217,7 @@ class RegimeModel:
     def _fit_learners(self, X):
         c = self.config
         baseline = Baseline(self.names, self.directions, adapt_rate=c.adapt_rate,
-                            drift_budget=c.drift_budget)
+                            adapt_down_rate=c.adapt_down_rate, drift_budget=c.drift_budget)
         for x in X:
             baseline.collect(x)
         baseline.fit()
@@ -238,6 +245,7 @@ class RegimeModel:
         raw = dict(zip(SCORERS, (zscore.score_one(z), trend.update_and_score(z),
                                  hst.score_one(z), ae.score_one(z))))
         surprise = {n: self.calibrators[n].surprise(raw[n]) for n in SCORERS}
+        surprise = {n: v for n, v in surprise.items() if n in self.voting}
         return z, raw, surprise, combine(surprise)
 
     def magnitude(self) -> float:

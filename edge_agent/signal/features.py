@@ -135,6 +135,10 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
     if rpm is not None and spec.fault_orders is not None:
         shaft_hz = np.broadcast_to(np.asarray(rpm, dtype=np.float64) / 60.0, x.shape[:-1])
         env_df = ef[1] - ef[0]
+        # The floor is the envelope spectrum's median where defect lines live: a
+        # one-off shock raises that whole region, so lines and floor rise together.
+        local = (ef >= spec.envelope_min_hz) & (ef <= spec.envelope_max_hz)
+        floor = np.median(ea[..., local], axis=-1) if local.any() else np.full(ea.shape[:-1], np.nan)
         for name in FAULTS:
             f_hz = getattr(spec.fault_orders, name) * shaft_hz
             out[f"{name}_hz"] = f_hz
@@ -144,9 +148,9 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
             # window) cannot be told from the envelope's own low-frequency hump.
             amp = np.where(f_hz >= max(3 * env_df, spec.envelope_min_hz), amp, np.nan)
             out[f"env_{name}_g"] = amp
-            # Relative to the envelope spectrum's floor, so a louder machine does not
+            # Relative to the local floor, so a louder machine or a knock does not
             # read as a defect: how many times the median line the defect line is.
-            out[f"env_{name}_ratio"] = _ratio(amp, np.median(ea[..., 1:], axis=-1))
+            out[f"env_{name}_ratio"] = _ratio(amp, floor)
     return out
 
 
@@ -237,6 +241,7 @@ FEATURE_DOCS: dict[str, tuple[str, str]] = {
     "env_<fault>_g": ("g", "largest envelope-spectrum amplitude within ±2 % of that defect "
                            "frequency (fault = bpfo, bpfi, bsf, ftf); NaN when the line is "
                            "within three envelope-spectrum bins of 0 Hz"),
-    "env_<fault>_ratio": ("", "env_<fault>_g over the median envelope-spectrum line: how far "
-                              "the defect line stands above the floor"),
+    "env_<fault>_ratio": ("", "env_<fault>_g over the median envelope-spectrum line between "
+                              "5 and 1000 Hz: how far the defect line stands above the local "
+                              "floor"),
 }
