@@ -38,3 +38,13 @@ def load_cwru_de(condition: str) -> tuple[np.ndarray, float]:
     de = next(v for k, v in mat.items() if k.endswith("DE_time"))
     rpm = next(v for k, v in mat.items() if k.endswith("RPM"))
     return de.ravel().astype(np.float32), float(rpm.ravel()[0])
+
+
+@pytest.fixture(scope="session")
+def femto_horizontal():
+    """Feature records of FEMTO Bearing1_2's horizontal channel (871 snapshots)."""
+    from edge_agent.inputs import InputOptions, feature_records
+
+    options = InputOptions(recordings=(shared("femto", "femto_learning_Bearing1_2.npz"),),
+                           channels=frozenset({"horizontal"}))
+    return [rec for _, rec in feature_records(options)]

@@ -4,10 +4,12 @@ A small multilayer perceptron learns to reproduce standardised healthy feature
 vectors through a bottleneck; a window it cannot reproduce is unlike anything
 healthy it has seen, even when no single feature is far off (a changed
 *relationship* between features). It keeps learning from healthy windows in small
-batches, and every update mixes in an equal number drawn from a bounded
-reservoir of healthy windows seen so far (including the baseline), so adapting
-to new normal data does not erase the old (experience replay against
-catastrophic forgetting).
+batches, and every update mixes in an equal number drawn from a bounded replay
+buffer, so adapting to new normal data does not erase the old (experience replay
+against catastrophic forgetting). Half the buffer is reserved for the baseline's
+windows, which stay for good; the other half is a uniform reservoir sample of
+the healthy windows learned since. A plain reservoir over everything would let
+months of later windows evict the commissioning state.
 
 Scoring goes through the ONNX export (:mod:`edge_agent.models.onnx_serving`);
 training through scikit-learn, imported only when training starts.
@@ -32,7 +34,8 @@ class IncrementalAutoencoder:
     batch_size : int
         Healthy windows per incremental update.
     replay_capacity : int
-        Size of the reservoir of healthy windows (uniform sample of all seen).
+        Size of the replay buffer: half baseline windows, half a reservoir
+        sample of later healthy windows.
     replay_ratio : float
         Replayed windows per new window in each update (0 turns replay off).
     baseline_epochs, update_epochs : int
@@ -104,25 +107,28 @@ class IncrementalAutoencoder:
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.mlp_.fit(Z, Z)
         self._serving = None
+        keep = self._rng.permutation(len(Z))[: self.replay_capacity // 2]
+        self.anchor_ = Z[np.sort(keep)]
         self.reservoir_ = np.empty((0, self.n_features), dtype=np.float32)
-        self._add_to_reservoir(Z)
         return self
 
     def _add_to_reservoir(self, Z):
+        capacity = self.replay_capacity - self.replay_capacity // 2
         for z in Z:  # Vitter's algorithm R: every window seen is equally likely kept
             self.n_seen_ += 1
-            if len(self.reservoir_) < self.replay_capacity:
+            if len(self.reservoir_) < capacity:
                 self.reservoir_ = np.vstack([self.reservoir_, z[None]])
             else:
                 j = self._rng.integers(self.n_seen_)
-                if j < self.replay_capacity:
+                if j < capacity:
                     self.reservoir_[j] = z
 
     def partial_fit(self, Z) -> "IncrementalAutoencoder":
         """One incremental update on healthy windows ``Z`` mixed with as many replayed."""
         Z = self._prepare(Z)
-        n_replay = int(round(self.replay_ratio * len(Z))) if len(self.reservoir_) else 0
-        replay = self.reservoir_[self._rng.integers(len(self.reservoir_), size=n_replay)]
+        buffer = np.vstack([self.anchor_, self.reservoir_])
+        n_replay = int(round(self.replay_ratio * len(Z)))
+        replay = buffer[self._rng.integers(len(buffer), size=n_replay)]
         self._train(np.vstack([Z, replay]), self.update_epochs)
         self._add_to_reservoir(Z)
         self.n_updates_ += 1

@@ -150,10 +150,14 @@ class Baseline:
         restarts cannot walk the baseline up a developing fault. Returns the
         applied shift in scales.
         """
-        target = np.nanmedian(self._transform(np.atleast_2d(X)), axis=0)
+        T = self._transform(np.atleast_2d(X))
+        measured = np.isfinite(T).any(axis=0)
+        target = np.where(measured, np.nanmedian(np.where(measured, T, 0.0), axis=0), self.center0_)
+        # A shift within one scale is indistinguishable from the settling
+        # windows' own noise: keep the centre there.
+        target = np.where(np.abs(target - self.center0_) < self.scale_, self.center0_, target)
         room = np.where(self.log_, np.log10(1.0 + max_change) * self.order_,
                         max_change * self.scale_)
-        target = np.where(np.isfinite(target), target, self.center0_)
         new = np.clip(target, self.commissioned_ - room, self.commissioned_ + room)
         shift = (new - self.center0_) / self.scale_
         self.center0_ = new

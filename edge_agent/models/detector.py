@@ -61,7 +61,7 @@ class DetectorConfig:
     learn_fraction: float = 0.5
     min_change_ratio: float = 1.15
     restart_gap_s: float = 6 * 3600.0
-    settle_windows: int = 6
+    settle_windows: int = 12
     restart_budget: float = 0.25
     hst_trees: int = 25
     hst_min_windows: int = 64
