@@ -127,24 +127,29 @@ def fmt(value, none="—"):
     return none if value is None else str(value)
 
 
-def evaluate_cwru(rows, config):
+NAMES = ("edge-agent", "RMS 6σ", "River HST")
+
+
+def evaluate_cwru(config):
+    """Per fault: alerts on the held-out normal windows and the first alarm's window
+    in the fault file, for each detector (in :data:`NAMES` order)."""
     normal = collect([CWRU / "normal_0_97.mat"], window_s=0.2, hop_s=0.1)
     n_normal = 1 + max(i for i, r in normal if r.channel == "de")
     baseline = int(0.6 * n_normal)
     cfg = replace(config, baseline_windows=baseline, min_baseline_windows=min(20, baseline))
+    results = {"baseline_windows": baseline, "held_out_windows": n_normal - baseline, "faults": {}}
     for fault, name in CWRU_FAULTS.items():
         records = collect([CWRU / "normal_0_97.mat", CWRU / name], window_s=0.2, hop_s=0.1)
         runs = [run_edge_agent(records, cfg), run_reference("RMS 6σ", records, baseline),
                 run_reference("River HST", records, baseline)]
-        false = [len(r.alerts_between("cwru", baseline, n_normal)) for r in runs]
         first = [r.first("cwru", "alarm", n_normal) for r in runs]
-        rows.append((f"CWRU {fault}: alerts on the last 40 % of normal ({n_normal - baseline} "
-                     f"windows)", "0", *map(str, false)))
-        rows.append((f"CWRU {fault}: first alarm, window of the fault file", "< 10",
-                     *(fmt(None if f is None else f - n_normal) for f in first)))
+        results["faults"][fault] = {
+            "alerts_on_normal": [len(r.alerts_between("cwru", baseline, n_normal)) for r in runs],
+            "first_alarm_window": [None if f is None else f - n_normal for f in first]}
+    return results
 
 
-def evaluate_femto(rows, config):
+def evaluate_femto(config):
     records = collect([FEMTO])
     last = max(i for i, _ in records)
     half = (last + 1) / 2
@@ -152,20 +157,17 @@ def evaluate_femto(rows, config):
             run_reference("RMS 6σ", records, config.baseline_windows),
             run_reference("River HST", records, config.baseline_windows)]
     machine = "femto-bearing1_2"
-    rows.append(("FEMTO: alerts in the first 50 % of the run", "0",
-                 *(str(len(r.alerts_between(machine, 0, half))) for r in runs)))
-    rows.append(("FEMTO: first warning / first alarm (snapshot)", "",
-                 *(f"{fmt(r.first(machine, 'warning'))} / {fmt(r.first(machine, 'alarm'))}"
-                   for r in runs)))
     starts = [r.sustained_alarm_start(machine, last) for r in runs]
-    leads = [None if s is None else last + 1 - s for s in starts]
-    rows.append(("FEMTO: sustained alarm from snapshot (of 871)", "yes", *map(fmt, starts)))
-    target = "≥ 2× RMS 6σ" + (f" = {2 * leads[1]}" if leads[1] else "")
-    rows.append(("FEMTO: lead time, snapshots before end of life", target, *map(fmt, leads)))
-    return runs
+    return {"snapshots": last + 1,
+            "alerts_first_half": [len(r.alerts_between(machine, 0, half)) for r in runs],
+            "first_warning": [r.first(machine, "warning") for r in runs],
+            "first_alarm": [r.first(machine, "alarm") for r in runs],
+            "sustained_alarm_from": starts,
+            "lead_snapshots": [None if s is None else last + 1 - s for s in starts],
+            "alerts": [[a for a in r.alerts if a["machine"] == machine] for r in runs]}
 
 
-def evaluate_ims(rows, config, details):
+def evaluate_ims(config):
     records = collect([IMS_TABLE])
     cfg = replace(config, baseline_s=IMS_BASELINE_S)
     windows_per_day = sum(1 for i, r in records if r.machine == "ims1-bearing1"
@@ -173,19 +175,50 @@ def evaluate_ims(rows, config, details):
     runs = [run_edge_agent(records, cfg),
             run_reference("RMS 6σ", records, windows_per_day),
             run_reference("River HST", records, windows_per_day)]
-    last = max(i for i, _ in records)
+    results = {"rows": max(i for i, _ in records) + 1, "bearings": {}}
     for bearing in (1, 2, 3, 4):
         machine = f"ims1-bearing{bearing}"
-        failed = bearing in (3, 4)
         first = [r.first(machine, "alarm") for r in runs]
-        rows.append((f"IMS test 1 bearing {bearing}{' (failed)' if failed else ''}: first alarm "
-                     f"(row of {last + 1})", "before end" if failed else "none",
-                     *map(fmt, first)))
-        for r, f in zip(runs, first):
-            before = [a for a in r.alerts if a["machine"] == machine
-                      and (f is None or a["index"] <= f)]
-            details.append(f"{r.name:10s} {machine}: " + ("; ".join(
-                f"row {a['index']} {a['ts'][:16]} {a['severity']}" for a in before) or "no alerts"))
+        before = [[a for a in r.alerts if a["machine"] == machine
+                   and (f is None or a["index"] <= f)] for r, f in zip(runs, first)]
+        results["bearings"][bearing] = {"first_alarm": first, "alerts_until_first_alarm": before}
+    return results
+
+
+def table(cwru, femto, ims):
+    rows = []
+    if cwru:
+        for fault, r in cwru["faults"].items():
+            rows.append((f"CWRU {fault}: alerts on the last 40 % of normal "
+                         f"({cwru['held_out_windows']} windows)", "0",
+                         *map(str, r["alerts_on_normal"])))
+            rows.append((f"CWRU {fault}: first alarm, window of the fault file", "< 10",
+                         *map(fmt, r["first_alarm_window"])))
+    if femto:
+        n = femto["snapshots"]
+        rows.append(("FEMTO: alerts in the first 50 % of the run", "0",
+                     *map(str, femto["alerts_first_half"])))
+        rows.append(("FEMTO: first warning / first alarm (snapshot)", "",
+                     *(f"{fmt(w)} / {fmt(a)}" for w, a in zip(femto["first_warning"],
+                                                              femto["first_alarm"]))))
+        rows.append((f"FEMTO: sustained alarm from snapshot (of {n})", "yes",
+                     *map(fmt, femto["sustained_alarm_from"])))
+        ref = femto["lead_snapshots"][1]
+        rows.append(("FEMTO: lead time, snapshots before end of life",
+                     "≥ 2× RMS 6σ" + (f" = {2 * ref}" if ref else ""),
+                     *map(fmt, femto["lead_snapshots"])))
+    details = []
+    if ims:
+        for bearing, r in ims["bearings"].items():
+            failed = bearing in (3, 4)
+            rows.append((f"IMS test 1 bearing {bearing}{' (failed)' if failed else ''}: first "
+                         f"alarm (row of {ims['rows']})", "before end" if failed else "none",
+                         *map(fmt, r["first_alarm"])))
+            for name, alerts in zip(NAMES, r["alerts_until_first_alarm"]):
+                details.append(f"{name:10s} ims1-bearing{bearing}: " + ("; ".join(
+                    f"row {a['index']} {a['ts'][:16]} {a['severity']}" for a in alerts)
+                    or "no alerts"))
+    return rows, details
 
 
 def main(argv=None):
@@ -196,15 +229,14 @@ def main(argv=None):
     if not DATA.is_dir():
         parser.exit(2, f"the shared recordings are not at {DATA}\n")
     config = DetectorConfig()
-    rows, details, timings = [], [], {}
-    for name, fn in (("cwru", lambda: evaluate_cwru(rows, config)),
-                     ("femto", lambda: evaluate_femto(rows, config)),
-                     ("ims", lambda: evaluate_ims(rows, config, details))):
+    results, timings = {}, {}
+    for name, fn in (("cwru", evaluate_cwru), ("femto", evaluate_femto), ("ims", evaluate_ims)):
         if args.only and name not in args.only:
             continue
         t = time.perf_counter()
-        fn()
+        results[name] = fn(config)
         timings[name] = time.perf_counter() - t
+    rows, details = table(results.get("cwru"), results.get("femto"), results.get("ims"))
     header = ("criterion", "target", "edge-agent", "RMS 6σ", "River HST")
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths)] + rows:
@@ -215,7 +247,8 @@ def main(argv=None):
     print("\n" + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "rows": rows,
-                                               "details": details}, indent=1))
+                                               "details": details, "results": results},
+                                              indent=1, default=str))
 
 
 if __name__ == "__main__":
