@@ -44,14 +44,18 @@ class Pipeline:
             self.alerters[machine] = MachineAlerter(machine, self.policy_for(machine), self.agent_id)
         return self.alerters[machine]
 
-    def process(self, record: FeatureRecord, index: int) -> tuple[dict, dict | None]:
-        """Verdict (as a JSON-ready dict) and the alert it raised, if any."""
+    def process(self, record: FeatureRecord, index: int,
+                may_train: bool = True) -> tuple[dict, dict | None]:
+        """Verdict (as a JSON-ready dict) and the alert it raised, if any.
+
+        ``may_train`` false defers costly model updates (see ChannelDetector.process).
+        """
         detector = self.detector(record.machine, record.channel)
         alerter = self.alerter(record.machine)
         # No channel of a machine learns while the machine is in warning or alarm:
         # its other channels may carry the same fault, more faintly.
         verdict = detector.process(record.features, rpm=record.rpm, t_s=record.start_s,
-                                   may_learn=alerter.state == "normal")
+                                   may_learn=alerter.state == "normal", may_train=may_train)
         model = detector.models.get(verdict.regime)
         reference = model.reference if model is not None and model.fitted else {}
         version = f"{__version__}+g{detector.generation}.u{detector.updates}"
@@ -63,10 +67,10 @@ class Pipeline:
                "index": index, "ts": iso_time(record.start_s), "source": record.source,
                "score": verdict.score, "threshold": verdict.threshold, "state": state,
                "learned": verdict.learned}
-        if verdict.phase == "baselining":
-            out["baseline_progress"] = round(verdict.baseline_progress, 3)
         if verdict.regime not in (None, "any"):
             out["regime"] = verdict.regime
+        out["phase"], out["baseline_progress"] = verdict.phase, round(verdict.baseline_progress, 3)
+        out["alarm_threshold"] = verdict.alarm_threshold
         return out, alert
 
     def rebaseline(self, machine: str) -> int:

@@ -134,11 +134,17 @@ class IncrementalAutoencoder:
         self.n_updates_ += 1
         return self
 
-    def learn_one(self, z) -> None:
-        """Queue a healthy window; train when a batch is complete."""
+    def learn_one(self, z, train: bool = True) -> None:
+        """Queue a healthy window; train when a batch is complete and ``train`` allows.
+
+        With ``train`` false (the agent is behind or over its CPU budget) the
+        window waits; at most four batches wait, the oldest giving way.
+        """
         self._pending.append(np.asarray(z, dtype=np.float32))
-        if len(self._pending) >= self.batch_size:
-            batch, self._pending = np.vstack(self._pending), []
+        del self._pending[:-4 * self.batch_size]
+        while train and len(self._pending) >= self.batch_size:
+            batch = np.vstack(self._pending[:self.batch_size])
+            del self._pending[:self.batch_size]
             self.partial_fit(batch)
 
     # -- scoring ------------------------------------------------------------------

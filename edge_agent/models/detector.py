@@ -267,11 +267,12 @@ class RegimeModel:
             self.restarts += 1
         return min(progress, 1.0)
 
-    def learn(self, x, z, raw, combined) -> None:
+    def learn(self, x, z, raw, combined, train: bool = True) -> None:
+        """Learn a healthy window; ``train`` false defers the autoencoder's update."""
         baseline, _, _, hst, ae = self.learners
         baseline.learn_one(x)
         hst.learn_one(z)
-        ae.learn_one(z)
+        ae.learn_one(z, train)
         for name in SCORERS:
             self.calibrators[name].learn_one(raw[name])
         self.threshold.learn_one(combined)
@@ -332,8 +333,12 @@ class ChannelDetector:
         return level < floor
 
     def process(self, features: dict, *, rpm: float | None, t_s: float,
-                may_learn: bool = True) -> Verdict:
-        """Score one window and learn from it when allowed and healthy."""
+                may_learn: bool = True, may_train: bool = True) -> Verdict:
+        """Score one window and learn from it when allowed and healthy.
+
+        ``may_train`` false defers the costly model update (not the learning):
+        the agent is behind real time or over its CPU budget.
+        """
         regime = self.regimes.assign(rpm) if rpm is not None and rpm >= self.config.stopped_rpm \
             else ("any" if rpm is None else None)
         model = self.models.get(regime) if regime else None
@@ -365,5 +370,5 @@ class ChannelDetector:
                           model.contributions(x, z), model.magnitude(),
                           self.config.min_change_ratio)
         if learned:
-            model.learn(x, z, raw, combined)
+            model.learn(x, z, raw, combined, may_train)
         return verdict
