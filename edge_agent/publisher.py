@@ -1,0 +1,454 @@
+"""MQTT publishing (paho-mqtt 2.x) behind a durable outbox: alerts are never lost.
+
+Delivery of alerts (at least once)
+----------------------------------
+:meth:`Publisher.publish_alert` commits the alert to the :class:`~edge_agent.outbox.Outbox`
+and returns; a worker thread hands queued messages to paho in sequence order,
+at most ``inflight`` unacknowledged at a time, and deletes each on its PUBACK.
+paho keeps QoS 1 messages in memory only; it re-sends the unacknowledged ones
+on reconnect (so the window survives an outage in order), and the outbox covers
+a crash. A subscriber may see an alert twice; it drops a repeated ``id``.
+
+Refusals (MQTT 5 PUBACK reason >= 0x80)
+---------------------------------------
+*Transient* (0x80 unspecified, 0x83 implementation specific, 0x91 packet id
+in use, 0x97 quota exceeded): the message stays queued and is re-sent after a
+backoff (later messages of its topic wait, other topics go on); after
+``max_refusals`` refusals it is treated as permanent. *Permanent* (0x87 not
+authorized, 0x90 topic invalid, 0x99 payload format invalid, anything else):
+the message moves to the outbox's dead-letter table at once. Both are counted
+by reason and logged; nothing is retried in a loop. On MQTT 3.1.1 the broker
+cannot refuse a publish: Mosquitto acknowledges and drops what the ACL denies,
+so prefer MQTT 5.
+
+Status documents
+----------------
+:meth:`Publisher.publish_status` does not use the outbox: a retained status is
+state, not an event, and only the newest matters. The publisher keeps the
+newest document per topic, has at most one of them in flight per topic (so they
+cannot overtake each other) and publishes the newest again after every
+reconnect. The agent status has a retained Last Will ``offline``
+(``reason: connection_lost``); each connection publishes ``online`` first, then
+subscribes again, then drains the outbox; :meth:`Publisher.close` publishes
+``offline`` (``reason: shutdown``) before disconnecting.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from edge_agent import __version__
+from edge_agent.jsonl import dumps
+from edge_agent.mqtt_client import MqttSettings, make_client, reason_name  # noqa: F401 (re-exported)
+from edge_agent.outbox import PRIORITY, Outbox
+from edge_agent.retained import RetainedBoard
+from edge_agent.schema import agent_status_doc
+from edge_agent.topics import Topics
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_REFUSALS = frozenset({0x80, 0x83, 0x91, 0x97})
+
+
+class Publisher:
+    """Publishes alerts through the outbox, retained status directly; subscribes for ingestion.
+
+    Parameters
+    ----------
+    settings : MqttSettings
+    outbox : Outbox
+        Owned by the caller (closed by it, after :meth:`close`).
+    topics : Topics
+    agent_id : str
+    machines : iterable of str
+        Listed in the agent status (and its Last Will).
+    clock : callable
+        Wall clock for status documents.
+    """
+
+    def __init__(self, settings: MqttSettings, outbox: Outbox, topics: Topics, agent_id: str,
+                 *, machines: Iterable[str] = (), clock: Callable[[], float] = time.time):
+        self.settings, self.outbox, self.topics, self.agent_id = settings, outbox, topics, agent_id
+        self.machines = sorted(set(machines))
+        self._clock = clock
+        self.started_s = clock()
+        self._events: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()  # counters, statuses, subscriptions
+        self._connected = threading.Event()
+        self._stopped = threading.Event()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq (worker thread only)
+        self._retry: dict[int, tuple[float, int]] = {}  # seq -> (not before, refusals)
+        self._barrier: set[int] = set()  # mids paho re-sends after a reconnect
+        self._barrier_until = 0.0
+        self._statuses = RetainedBoard()
+        self._subscriptions: dict[str, tuple[Callable[[str, bytes], None], int]] = {}
+        self._live_subscriptions: set[str] = set()  # subscribed on this connection (worker only)
+        self._live_connection = 0  # the connection (count) they belong to
+        self._sub_mids: dict[int, str] = {}
+        self._acked_subscriptions: set[str] = set()  # SUBACKed on this connection
+        self._counters = {"sent": 0, "acked": 0, "reconnects": 0, "connects": 0,
+                          "dead_lettered": 0, "handler_errors": 0, "retained_ignored": 0,
+                          "refused": {},
+                          "connect_refused": {}}
+        self._last_problem = ("", 0.0)
+        will = self._agent_status("offline", reason="connection_lost", with_ts=False)
+        self.status_topic = topics.agent_status(agent_id)
+        self._client = make_client(settings, settings.client_id or f"edge-agent-{agent_id}",
+                                   will=(self.status_topic, dumps(will).encode()))
+        c = self._client
+        c.on_connect, c.on_disconnect, c.on_connect_fail = (self._on_connect, self._on_disconnect,
+                                                            self._on_connect_fail)
+        c.on_publish, c.on_subscribe = self._on_publish, self._on_subscribe
+        self._worker = threading.Thread(target=self._run, name="edge-agent-mqtt", daemon=True)
+
+    # -- public API ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background (retrying with backoff) and start draining the outbox."""
+        # Clean start: the outbox, not a broker session, carries what was not delivered, and a
+        # session would pile up raw frames for an agent that is down.
+        kwargs = {"clean_start": True} if self.settings.protocol == "5" else {}
+        self._client.connect_async(self.settings.host, self.settings.broker_port,
+                                   keepalive=self.settings.keepalive_s, **kwargs)
+        self._worker.start()
+        self._client.loop_start()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def publish_alert(self, alert: dict) -> int:
+        """Queue an alert durably (committed on return); returns its outbox sequence number."""
+        seq = self.outbox.put(self.topics.alerts(alert["machine"]), dumps(alert).encode(), qos=1,
+                              retain=False, msg_id=alert.get("id"),
+                              priority=PRIORITY.get(alert.get("severity"), 0))
+        self._events.put(("kick",))
+        return seq
+
+    def enqueue(self, topic: str, payload: bytes, *, qos: int = 1, priority: int = 0,
+                msg_id: str | None = None) -> int:
+        """Queue any JSON message (e.g. features) through the outbox."""
+        seq = self.outbox.put(topic, payload, qos=qos, msg_id=msg_id, priority=priority)
+        self._events.put(("kick",))
+        return seq
+
+    def publish_status(self, topic: str, doc: dict) -> None:
+        """Publish ``doc`` retained on ``topic`` (QoS 1), now or as soon as connected."""
+        self._statuses.set(topic, dumps(doc).encode())
+        self._events.put(("kick",))
+
+    def publish_agent_status(self, lag_s: float | None = None) -> None:
+        """Publish the retained ``online`` agent status with current outbox and MQTT counters."""
+        self.publish_status(self.status_topic, self._agent_status("online", lag_s=lag_s))
+
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None],
+                  qos: int = 1, *, retained: bool = False) -> None:
+        """Call ``handler(topic, payload)`` (on paho's network thread: keep it quick)
+        for each message matching ``topic_filter``; survives reconnects.
+
+        Messages the broker delivers from its retained store are ignored (counted
+        as ``retained_ignored``) unless ``retained``: a retained frame is stale, and
+        a retained re-baseline command would run again at every reconnect.
+        """
+        def on_message(client, userdata, message):
+            if message.retain and not retained:
+                self._bump("retained_ignored")
+                if self.counters()["retained_ignored"] == 1:
+                    log.warning("retained message ignored (ask its publisher not to retain)",
+                                extra={"event": "retained_ignored", "topic": message.topic})
+                return
+            try:
+                handler(message.topic, message.payload)
+            except Exception:  # one bad message must not stop the network thread
+                self._bump("handler_errors")
+                log.exception("MQTT message handler failed", extra={"event": "handler_error",
+                                                                    "topic": message.topic})
+
+        with self._lock:
+            self._subscriptions[topic_filter] = (handler, qos)
+        self._client.message_callback_add(topic_filter, on_message)
+        self._events.put(("subscribe",))  # the worker subscribes: once per connection
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Wait until the broker has acknowledged every subscription on this connection."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.connected and set(self._subscriptions) <= self._acked_subscriptions:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def counters(self) -> dict:
+        """sent, acked, refused (by reason), dead_lettered, reconnects, … (a copy)."""
+        with self._lock:
+            return {k: dict(v) if isinstance(v, dict) else v for k, v in self._counters.items()}
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty and every status is acknowledged; ``False`` on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while not self._idle() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self._idle()
+
+    def _idle(self) -> bool:
+        return not self._statuses.busy() and not self.outbox.depth
+
+    def close(self, drain_s: float = 2.0, timeout_s: float = 5.0) -> None:
+        """Give the outbox ``drain_s`` to empty, publish ``offline`` (retained), disconnect.
+
+        What is still queued stays in the outbox for the next start.
+        """
+        if self._stopped.is_set():
+            return
+        if self.connected:
+            self.wait_idle(drain_s)
+            self.publish_status(self.status_topic, self._agent_status("offline", reason="shutdown"))
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self.connected and self._statuses.busy(self.status_topic):
+                time.sleep(0.02)
+        self._stopped.set()
+        self._events.put(("stop",))
+        if self._worker.is_alive():
+            self._worker.join(timeout_s)
+        self._client.disconnect()  # a clean DISCONNECT: the broker does not send the Last Will
+        self._client.loop_stop()
+
+    # -- paho callbacks (network thread: no blocking, no SQLite) --------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            name = reason_name(reason_code)
+            with self._lock:
+                refused = self._counters["connect_refused"]
+                refused[name] = refused.get(name, 0) + 1
+            self._problem(f"broker refused the connection: {reason_code.getName()}")
+            return
+        with self._lock:
+            self._counters["connects"] += 1
+            self._counters["reconnects"] = self._counters["connects"] - 1
+        self._connected.set()
+        log.info("connected to MQTT broker", extra={
+            "event": "mqtt_connected", "host": self.settings.host,
+            "port": self.settings.broker_port, "protocol": self.settings.protocol})
+        self._events.put(("connected",))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        was = self._connected.is_set()
+        self._connected.clear()
+        with self._lock:
+            self._acked_subscriptions.clear()
+        if was and not self._stopped.is_set():
+            log.warning("MQTT connection lost; reconnecting with backoff",
+                        extra={"event": "mqtt_disconnected", "reason": str(reason_code)})
+
+    def _on_connect_fail(self, client, userdata):
+        self._problem(f"cannot connect to MQTT broker {self.settings.host}:"
+                      f"{self.settings.broker_port}")
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        self._events.put(("ack", mid, reason_code.value, reason_name(reason_code)))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        with self._lock:
+            topic_filter = self._sub_mids.pop(mid, None)
+            refused = [c.getName() for c in reason_codes if c.is_failure]
+            if topic_filter is not None and not refused:
+                self._acked_subscriptions.add(topic_filter)
+        if refused:
+            log.error("broker refused a subscription", extra={
+                "event": "subscribe_refused", "topic": topic_filter, "reason": refused[0]})
+
+    # -- worker thread: owns the outbox side of sending ----------------------------------------
+    def _run(self) -> None:
+        next_expiry = time.monotonic() + 60.0
+        while True:
+            wait = min([max(t - time.monotonic(), 0.0) for t, _ in self._retry.values()] + [1.0])
+            try:
+                events = [self._events.get(timeout=wait)]
+                while len(events) < 1024:  # take what else is waiting: one fsync for many acks
+                    events.append(self._events.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                if any(e[0] == "stop" for e in events):
+                    return
+                if any(e[0] == "connected" for e in events):
+                    self._on_connected()
+                elif any(e[0] == "subscribe" for e in events):
+                    self._subscribe_new()
+                self._handle_acks([e[1:] for e in events if e[0] == "ack"])
+                if time.monotonic() > next_expiry:
+                    next_expiry = time.monotonic() + 60.0
+                    self.outbox.expire()
+                self._pump()
+            except Exception:  # keep the worker alive; the outbox still holds everything
+                log.exception("MQTT worker error", extra={"event": "mqtt_worker_error"})
+                time.sleep(0.5)
+
+    def _on_connected(self) -> None:
+        # paho re-sends the messages that were in flight when the connection dropped, right
+        # after its on_connect; newer rows wait for their PUBACKs so they cannot overtake them.
+        self._barrier = set(self._inflight)
+        self._barrier_until = time.monotonic() + max(self.settings.keepalive_s, 5)
+        self.publish_agent_status()  # online first: it replaces the Last Will
+        self._statuses.resend_all()
+        self._pump_statuses(first=self.status_topic)
+        self._subscribe_new()
+
+    def _subscribe_new(self) -> None:
+        with self._lock:  # held across subscribe(): its SUBACK cannot overtake the mid
+            if self._live_connection != self._counters["connects"]:
+                # a new connection with a clean start: the broker forgot every subscription
+                self._live_connection = self._counters["connects"]
+                self._live_subscriptions = set()
+            for topic_filter, (_, qos) in self._subscriptions.items():
+                if self.connected and topic_filter not in self._live_subscriptions:
+                    _, mid = self._client.subscribe(topic_filter, qos)
+                    self._sub_mids[mid] = topic_filter
+                    self._live_subscriptions.add(topic_filter)
+
+    def _pump(self) -> None:
+        if not self.connected:
+            return
+        self._pump_statuses()
+        if self._barrier:
+            self._barrier &= self._inflight.keys()
+            if self._barrier and time.monotonic() < self._barrier_until:
+                return
+            if self._barrier:  # never re-sent (should not happen): send those rows again
+                log.warning("in-flight messages not re-sent after reconnect; sending them again",
+                            extra={"event": "mqtt_resend", "count": len(self._barrier)})
+                for mid in self._barrier:
+                    self._inflight.pop(mid, None)
+                self._barrier.clear()
+        room = self.settings.inflight - len(self._inflight)
+        if room <= 0:
+            return
+        sending, blocked, now = set(self._inflight.values()), set(), time.monotonic()
+        handed: list[int] = []
+        after, full = 0, False
+        while len(handed) < room and not full:
+            # Rows in flight or waiting for a retry come first; a waiting row holds back the
+            # rest of its topic (per-topic order), so later pages leave those topics out.
+            rows = self.outbox.pending(limit=len(sending) + len(self._retry) + room, after=after,
+                                       exclude_topics=blocked)
+            if not rows:
+                break
+            for msg in rows:
+                after = msg.seq
+                if msg.seq in sending or msg.topic in blocked:
+                    continue
+                if msg.seq in self._retry and self._retry[msg.seq][0] > now:
+                    blocked.add(msg.topic)
+                    continue
+                info = self._client.publish(msg.topic, msg.payload, msg.qos, msg.retain,
+                                            properties=self._properties())
+                if info.rc == _queue_full():
+                    full = True
+                    break
+                self._inflight[info.mid] = msg.seq
+                handed.append(msg.seq)
+                if len(handed) >= room:
+                    break
+        if handed:
+            self._bump("sent", len(handed))
+            self.outbox.record_attempts(handed)
+
+    def _pump_statuses(self, first: str | None = None) -> None:
+        def publish(topic, payload):
+            if not self.connected:
+                return None
+            info = self._client.publish(topic, payload, 1, True, properties=self._properties())
+            return None if info.rc == _queue_full() else info.mid
+
+        self._statuses.pump(publish, first)
+
+    def _handle_acks(self, acks: list[tuple[int, int, str]]) -> None:
+        delivered = []
+        for mid, code, name in acks:
+            seq = self._handle_ack(mid, code, name)
+            if seq is not None:
+                delivered.append(seq)
+        if delivered:
+            self._bump("acked", len(delivered))  # first: an empty outbox implies the count
+            self.outbox.ack_many(delivered)
+
+    def _handle_ack(self, mid: int, code: int, name: str) -> int | None:
+        """The outbox row a successful PUBACK delivered; refusals are handled here."""
+        topic = self._statuses.acked(mid)
+        if topic is not None:
+            if code >= 0x80:
+                self._refused(name)
+                log.error("broker refused a status message", extra={
+                    "event": "status_refused", "topic": topic, "reason": name})
+            return None
+        seq = self._inflight.pop(mid, None)
+        if seq is None:
+            return None
+        if code < 0x80:
+            self._retry.pop(seq, None)
+            return seq
+        self._refused(name)
+        refusals = self._retry.get(seq, (0.0, 0))[1] + 1
+        if code in TRANSIENT_REFUSALS and refusals < self.settings.max_refusals:
+            delay = min(self.settings.reconnect_min_s * 2 ** refusals, self.settings.reconnect_max_s)
+            self._retry[seq] = (time.monotonic() + delay, refusals)
+            log.warning("broker refused a message; retrying later", extra={
+                "event": "publish_refused", "seq": seq, "reason": name, "retry_in_s": delay})
+        else:
+            self._retry.pop(seq, None)
+            self.outbox.dead_letter(seq, f"{name} (0x{code:02x})")
+            self._bump("dead_lettered")
+        return None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _agent_status(self, status: str, *, reason: str | None = None, with_ts: bool = True,
+                      lag_s: float | None = None) -> dict:
+        counters = self.counters() if with_ts else None
+        mqtt = None if counters is None else {
+            "protocol": self.settings.protocol, "connected": self.connected,
+            **{k: counters[k] for k in ("reconnects", "sent", "acked", "refused")}}
+        return agent_status_doc(self.agent_id, status, __version__, reason=reason,
+                                ts_s=self._clock() if with_ts else None, started_s=self.started_s,
+                                machines=self.machines,
+                                outbox=self.outbox.status() if with_ts else None, mqtt=mqtt,
+                                lag_s=lag_s)
+
+    def _properties(self):
+        if self.settings.protocol != "5":
+            return None
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.PUBLISH)
+        props.PayloadFormatIndicator = 1  # UTF-8 text
+        props.ContentType = "application/json"
+        return props
+
+    def _bump(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += n
+
+    def _refused(self, name: str) -> None:
+        with self._lock:
+            refused = self._counters["refused"]
+            refused[name] = refused.get(name, 0) + 1
+
+    def _problem(self, message: str) -> None:
+        """Log a connection problem when it changes, else at most once a minute."""
+        last, when = self._last_problem
+        if message != last or time.monotonic() - when > 60.0:
+            self._last_problem = (message, time.monotonic())
+            log.error(message, extra={"event": "mqtt_connect_failed"})
+
+
+def _queue_full():
+    from paho.mqtt.enums import MQTTErrorCode
+
+    return MQTTErrorCode.MQTT_ERR_QUEUE_SIZE

@@ -1,0 +1,210 @@
+"""MQTT topic names, Unified-Namespace style, and parsing received topics back.
+
+Every topic lives under a configurable *prefix* (one or more levels, e.g.
+``plant`` or ``acme/uns``)::
+
+    <prefix>/<site>/<area>/<machine>/alerts                 alerts, QoS 1, not retained
+    <prefix>/<site>/<area>/<machine>/status                 machine status, retained
+    <prefix>/agents/<agent-id>/status                       agent status, retained, Last Will
+    <prefix>/<site>/<area>/<machine>/<channel>/raw          raw frames (subscribed)
+    <prefix>/<site>/<area>/<machine>/<channel>/features     smart-sensor features (subscribed)
+    <prefix>/<site>/<area>/<machine>/cmd/rebaseline         re-baseline command (subscribed)
+
+Site, area, machine, channel and agent names match ``[a-z0-9_.-]+`` (the
+names the readers produce). ``agents`` is not a valid site and ``cmd`` not a
+valid channel, so every topic parses one way only. See ``docs/mqtt.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+NAME_RE = re.compile(r"[a-z0-9_.-]+\Z")
+#: Prefix levels may use upper case (UNS enterprise names often do), never wildcards.
+PREFIX_LEVEL_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")
+RESERVED_SITES = frozenset({"agents"})
+RESERVED_CHANNELS = frozenset({"cmd"})
+#: Kinds a received topic can have (see :func:`Topics.parse`).
+KINDS = ("alerts", "status", "agent_status", "raw", "features", "rebaseline")
+
+
+class TopicError(ValueError):
+    """A name or topic that is not valid in our namespace; the message says which level."""
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """``value`` if it is a valid name level, else :class:`TopicError`.
+
+    >>> check_name("pump-7", "machine")
+    'pump-7'
+    >>> check_name("Pump 7", "machine")
+    Traceback (most recent call last):
+    ...
+    edge_agent.topics.TopicError: machine 'Pump 7' must match [a-z0-9_.-]+
+    """
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise TopicError(f"{what} {value!r} must match [a-z0-9_.-]+")
+    return value
+
+
+def check_prefix(prefix: str) -> str:
+    """A prefix of one or more levels without wildcards, empty levels or ``$``."""
+    if not isinstance(prefix, str) or not all(PREFIX_LEVEL_RE.match(p) for p in prefix.split("/")):
+        raise TopicError(f"prefix {prefix!r} must be levels of [A-Za-z0-9_.-]+ separated by '/' "
+                         f"(no wildcards, no empty level, no leading or trailing '/')")
+    return prefix
+
+
+@dataclass(frozen=True)
+class TopicRef:
+    """What a received topic is about.
+
+    ``machine`` is ``None`` for agent status (then ``agent`` is set);
+    ``channel`` is set for ``raw`` and ``features`` only.
+    """
+
+    kind: str
+    site: str | None = None
+    area: str | None = None
+    machine: str | None = None
+    channel: str | None = None
+    agent: str | None = None
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names of one agent.
+
+    Parameters
+    ----------
+    prefix : str
+        Root of our namespace, e.g. ``"plant"``.
+    site : str
+        The site this gateway serves.
+    area : str
+        Default area of machines not listed in ``areas``.
+    areas : mapping, optional
+        Machine name to area, for gateways serving several areas.
+
+    Examples
+    --------
+    >>> t = Topics("plant", "site1", "line-b")
+    >>> t.alerts("pump-7")
+    'plant/site1/line-b/pump-7/alerts'
+    >>> t.parse("plant/site1/line-b/pump-7/de/raw")
+    TopicRef(kind='raw', site='site1', area='line-b', machine='pump-7', channel='de', agent=None)
+    """
+
+    prefix: str = "plant"
+    site: str = "site"
+    area: str = "area"
+    areas: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_prefix(self.prefix)
+        self._site_ok(self.site)
+        check_name(self.area, "area")
+        for machine, area in self.areas.items():
+            check_name(machine, "machine")
+            check_name(area, "area")
+
+    @staticmethod
+    def _site_ok(site: str) -> str:
+        check_name(site, "site")
+        if site in RESERVED_SITES:
+            raise TopicError(f"site {site!r} is reserved (agent status lives under it)")
+        return site
+
+    def machine_root(self, machine: str) -> str:
+        """``<prefix>/<site>/<area>/<machine>``."""
+        check_name(machine, "machine")
+        return f"{self.prefix}/{self.site}/{self.areas.get(machine, self.area)}/{machine}"
+
+    def alerts(self, machine: str) -> str:
+        return f"{self.machine_root(machine)}/alerts"
+
+    def machine_status(self, machine: str) -> str:
+        return f"{self.machine_root(machine)}/status"
+
+    def agent_status(self, agent_id: str) -> str:
+        return f"{self.prefix}/agents/{check_name(agent_id, 'agent id')}/status"
+
+    def raw(self, machine: str, channel: str) -> str:
+        return f"{self.machine_root(machine)}/{self._channel_ok(channel)}/raw"
+
+    def features(self, machine: str, channel: str) -> str:
+        return f"{self.machine_root(machine)}/{self._channel_ok(channel)}/features"
+
+    def rebaseline(self, machine: str) -> str:
+        return f"{self.machine_root(machine)}/cmd/rebaseline"
+
+    @staticmethod
+    def _channel_ok(channel: str) -> str:
+        check_name(channel, "channel")
+        if channel in RESERVED_CHANNELS:
+            raise TopicError(f"channel {channel!r} is reserved (commands live under it)")
+        return channel
+
+    # Subscription filters of this agent's site (every area, machine and channel).
+    def raw_filter(self) -> str:
+        return f"{self.prefix}/{self.site}/+/+/+/raw"
+
+    def features_filter(self) -> str:
+        return f"{self.prefix}/{self.site}/+/+/+/features"
+
+    def rebaseline_filter(self) -> str:
+        return f"{self.prefix}/{self.site}/+/+/cmd/rebaseline"
+
+    def parse(self, topic: str) -> TopicRef:
+        """Validate a received topic and say what it is about (:class:`TopicError` if not ours)."""
+        return parse_topic(topic, self.prefix)
+
+
+def parse_topic(topic: str, prefix: str) -> TopicRef:
+    """Parse ``topic`` under ``prefix`` into a :class:`TopicRef`.
+
+    Raises :class:`TopicError` for topics outside the prefix, unknown shapes,
+    wildcards, empty levels and names that do not match ``[a-z0-9_.-]+``.
+
+    >>> parse_topic("plant/agents/gw-1/status", "plant").agent
+    'gw-1'
+    >>> parse_topic("plant/s/a/m/+/raw", "plant")
+    Traceback (most recent call last):
+    ...
+    edge_agent.topics.TopicError: channel '+' must match [a-z0-9_.-]+
+    """
+    if not isinstance(topic, str):
+        raise TopicError(f"topic must be text, got {type(topic).__name__}")
+    head = check_prefix(prefix) + "/"
+    if not topic.startswith(head):
+        raise TopicError(f"topic {topic!r} is not under prefix {prefix!r}")
+    levels = topic[len(head):].split("/")
+    if len(levels) == 3 and levels[0] == "agents" and levels[2] == "status":
+        return TopicRef("agent_status", agent=check_name(levels[1], "agent id"))
+    if len(levels) == 4 and levels[3] in ("alerts", "status"):
+        site, area, machine, kind = levels
+        return TopicRef(kind, *_place(site, area, machine))
+    if len(levels) == 5 and levels[3:] == ["cmd", "rebaseline"]:
+        return TopicRef("rebaseline", *_place(*levels[:3]))
+    if len(levels) == 5 and levels[4] in ("raw", "features"):
+        site, area, machine, channel, kind = levels
+        return TopicRef(kind, *_place(site, area, machine), Topics._channel_ok(channel))
+    raise TopicError(f"topic {topic!r} is not one of ours (see docs/mqtt.md for the layout)")
+
+
+def _place(site: str, area: str, machine: str) -> tuple[str, str, str]:
+    return Topics._site_ok(site), check_name(area, "area"), check_name(machine, "machine")
+
+
+def alerts_filter(prefix: str, site: str | None = None, area: str | None = None) -> str:
+    """Subscription filter for alerts, optionally narrowed to a site and an area.
+
+    >>> alerts_filter("plant"), alerts_filter("plant", area="line-b")
+    ('plant/+/+/+/alerts', 'plant/+/line-b/+/alerts')
+    """
+    check_prefix(prefix)
+    site_level = "+" if site is None else Topics._site_ok(site)
+    area_level = "+" if area is None else check_name(area, "area")
+    return f"{prefix}/{site_level}/{area_level}/+/alerts"
