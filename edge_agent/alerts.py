@@ -155,19 +155,26 @@ def describe_feature(c, top_unit=True) -> dict:
 
 
 def fault_lines(features: dict, reference: dict, min_ratio: float) -> list[dict]:
-    """Bearing defect lines whose envelope amplitude rose ``min_ratio`` times or more."""
+    """Bearing defect lines that rose ``min_ratio`` times or more, most distinctive first.
+
+    A line is named only when both its envelope amplitude and its prominence
+    over the local envelope floor rose: broadband impacting lifts every line's
+    amplitude, and only the defect's own line stands out from the floor.
+    """
     lines = []
     for fault in FAULTS:
-        value, base, freq = (features.get(f"env_{fault}_g"), reference.get(f"env_{fault}_g"),
-                             features.get(f"{fault}_hz"))
-        if not all(isinstance(v, float) and v == v for v in (value, base, freq)) or base <= 0:
+        values = [features.get(f"env_{fault}_g"), reference.get(f"env_{fault}_g"),
+                  features.get(f"env_{fault}_ratio"), reference.get(f"env_{fault}_ratio"),
+                  features.get(f"{fault}_hz")]
+        if not all(isinstance(v, float) and v == v for v in values) or min(values[1], values[3]) <= 0:
             continue
-        ratio = value / base
-        if ratio >= min_ratio:
+        value, base, prominence, base_prominence, freq = values
+        ratio, rise = value / base, prominence / base_prominence
+        if ratio >= min_ratio and rise >= min_ratio:
             lines.append({"fault": fault, "frequency_hz": freq, "envelope_g": value,
-                          "baseline_g": base, "ratio": ratio,
+                          "baseline_g": base, "ratio": ratio, "prominence_ratio": rise,
                           "text": f"{fault.upper()} {freq:.0f} Hz envelope ×{ratio:.0f}"})
-    return sorted(lines, key=lambda line: -line["ratio"])
+    return sorted(lines, key=lambda line: -line["prominence_ratio"])
 
 
 def build_alert(alerter: MachineAlerter, severity, previous, channel, channels, verdict,
@@ -178,10 +185,12 @@ def build_alert(alerter: MachineAlerter, severity, previous, channel, channels, 
     features = record.features
     top = [describe_feature(c) for c in verdict.contributions[:policy.top_features]]
     lines = fault_lines(features, reference, policy.fault_line_ratio)
-    parts = [line["text"] for line in lines[:2]] + [t["text"] for t in top]
+    named = [line["text"] for line in lines
+             if line["prominence_ratio"] >= 0.5 * lines[0]["prominence_ratio"]]
+    parts = named[:2] + [t["text"] for t in top]
     zone = features.get("iso_zone")
     iso = None
-    if isinstance(zone, str) and "velocity_rms_mm_s" in features:
+    if zone in ("A", "B", "C", "D") and "velocity_rms_mm_s" in features:
         iso = {"zone": zone, "velocity_rms_mm_s": features["velocity_rms_mm_s"]}
         if any(t["feature"] == "velocity_rms_mm_s" for t in top):
             parts.append(f"ISO 20816 zone {zone}")

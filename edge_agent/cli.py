@@ -99,6 +99,43 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "to PATH ('-' for standard output)")
     p.add_argument("--quiet", action="store_true", help="no progress on standard error")
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("demo", help="the whole agent on sample recordings, with a broker and an "
+                                    "operator (no set-up needed)",
+                       description="Start a throwaway MQTT broker on loopback, run the agent "
+                                   "over the sample recordings and print the alerts an operator "
+                                   "subscriber receives, then a summary.")
+    p.add_argument("--speed", type=float, default=0.0, metavar="X",
+                   help="replay pace: 0 as fast as possible (default), 1 real time, 600 ten "
+                        "minutes a second")
+    p.add_argument("--state-dir", metavar="DIR", help="keep the agent's state and outbox here "
+                                                      "(default: a temporary directory)")
+    p.add_argument("--data", metavar="DIR", help="sample recordings (default: sample_data/ of "
+                                                 "the checkout)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("run", help="run the agent from a TOML configuration",
+                       description="The long-running agent: subscribes to sensor frames on the "
+                                   "plant broker, learns each machine and publishes alerts and "
+                                   "status. Stops cleanly on SIGTERM or Ctrl-C (checkpoint, "
+                                   "offline status). Exit 0 on a clean stop, 2 on a "
+                                   "configuration error.")
+    p.add_argument("--config", required=True, metavar="FILE", help="agent TOML configuration")
+    p.add_argument("--exit-after-replay", action="store_true",
+                   help="with a [replay] table: stop once the recordings are processed")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("config", help="check a configuration file")
+    config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = config_sub.add_parser("check", help="validate a TOML configuration and summarise it",
+                                  description="Parse and validate FILE; print what the agent "
+                                              "would run, or the problem with the key and fix.")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=_cmd_config_check)
+
+    from edge_agent.operator import add_alerts_parser
+
+    add_alerts_parser(sub).set_defaults(func=_cmd_alerts)
     return parser
 
 
@@ -134,3 +171,42 @@ def _cmd_replay(args) -> int:
     from edge_agent.replay import replay_command
 
     return replay_command(args)
+
+
+def _cmd_demo(args) -> int:
+    from edge_agent.demo import demo_command
+
+    return demo_command(args)
+
+
+def _cmd_run(args) -> int:
+    from edge_agent.service import run_command
+
+    return run_command(args)
+
+
+def _cmd_config_check(args) -> int:
+    from edge_agent.config import load_config
+
+    config = load_config(args.file)
+    print(f"{args.file}: OK")
+    print(f"  agent {config.id}, state in {config.state_dir}")
+    m = config.mqtt
+    print(f"  broker {m.host}:{m.broker_port} MQTT {m.protocol}"
+          f"{' TLS' if m.use_tls else ''}{' as ' + m.username if m.username else ''}")
+    t = config.topics
+    print(f"  topics under {t.prefix}/{t.site}/<area>/<machine>/...")
+    for machine in config.machines:
+        channels = ", ".join(c.name for c in machine.channels) or "any channel"
+        print(f"  machine {machine.id}: {channels}; bearing {machine.bearing or 'unknown'}; "
+              f"ISO group {machine.iso_group} {machine.iso_foundation}; baseline "
+              f"{machine.learning.baseline_windows} windows")
+    if config.replay:
+        print(f"  replay {len(config.replay.paths)} recording(s) at speed {config.replay.speed:g}")
+    return 0
+
+
+def _cmd_alerts(args) -> int:
+    from edge_agent.operator import alerts_command
+
+    return alerts_command(args)

@@ -23,6 +23,9 @@ from edge_agent.windowing import Windower, featurize
 #: without ``--bearing`` (``--bearing none`` turns it off).
 DEFAULT_BEARING_BY_MACHINE_PREFIX = {"cwru": "6205-2rs", "ims": "za-2115", "femto": "pronostia"}
 
+#: Clocks before 1990 are recordings without a date (placed at the Unix epoch).
+UNDATED_S = 631152000.0
+
 #: Windows featurized per call: large enough to batch channels, small enough to
 #: keep memory flat on long recordings.
 BATCH_WINDOWS = 256
@@ -40,6 +43,8 @@ class InputOptions:
     rpm: float | None = None
     bearing: str | None = None
     spec: FeatureSpec = FeatureSpec()
+    #: Where recordings without a date (CWRU's start at 0) begin; None keeps 0.
+    undated_start_s: float | None = None
 
     @classmethod
     def from_args(cls, args) -> "InputOptions":
@@ -58,6 +63,8 @@ class InputOptions:
                    bearing=args.bearing, spec=spec)
 
     def spec_for(self, machine: str) -> FeatureSpec:
+        """Feature spec of ``machine``: the given bearing, else the default for a public
+        rig's recording (``machine`` is the name in the recording, before renaming)."""
         if self.bearing is not None:
             name = None if self.bearing.lower() == "none" else self.bearing
         else:
@@ -73,8 +80,11 @@ def _bearing(spec: str) -> FaultOrders:
         raise UsageError(str(exc)) from None
 
 
-def timeline(options: InputOptions) -> Iterator[Frame | FeatureRecord]:
-    """Frames and feature records of all recordings, renamed, filtered and in order."""
+def timeline(options: InputOptions, origins: dict | None = None) -> Iterator[Frame | FeatureRecord]:
+    """Frames and feature records of all recordings, renamed, filtered and in order.
+
+    ``origins``, when given, is filled with ``{machine: name in the recording}``.
+    """
     from edge_agent.readers import read_recording
 
     last_end: dict[str, float] = {}
@@ -89,9 +99,15 @@ def timeline(options: InputOptions) -> Iterator[Frame | FeatureRecord]:
             if options.channels and item.channel not in options.channels:
                 continue
             machine = rename(item.machine)
+            if origins is not None:
+                origins.setdefault(machine, item.machine)
             if machine not in shift:
                 prev = last_end.get(machine)
-                shift[machine] = 0.0 if prev is None or item.start_s > prev else prev + 1.0 - item.start_s
+                if prev is None:
+                    undated = options.undated_start_s is not None and item.start_s < UNDATED_S
+                    shift[machine] = options.undated_start_s - item.start_s if undated else 0.0
+                else:
+                    shift[machine] = 0.0 if item.start_s > prev else prev + 1.0 - item.start_s
             start = item.start_s + shift[machine]
             rpm = item.rpm if item.rpm is not None else options.rpm
             item = replace(item, machine=machine, start_s=start, rpm=rpm)
@@ -106,16 +122,18 @@ def feature_records(options: InputOptions) -> Iterator[tuple[int, FeatureRecord]
     windower = Windower(options.window_s, options.hop_s)
     counters: dict[tuple[str, str], itertools.count] = {}
     pending = []
+    origins: dict[str, str] = {}
+    specs: dict[str, FeatureSpec] = {}
 
     def drain():
-        specs = {}
-        records = featurize(pending, lambda m, c: specs.setdefault(m, options.spec_for(m)))
+        records = featurize(pending, lambda m, c: specs.setdefault(
+            m, options.spec_for(origins.get(m, m))))
         records.sort(key=lambda r: r.start_s)  # channels interleaved in time order
         pending.clear()
         for rec in records:
             yield _numbered(rec, counters), rec
 
-    for item in timeline(options):
+    for item in timeline(options, origins):
         if isinstance(item, FeatureRecord):
             yield from drain()  # keep time order with frames
             yield _numbered(item, counters), item

@@ -16,7 +16,7 @@ from edge_agent.signal import (BEARINGS, FaultOrders, FeatureSpec, envelope, env
                                rms_g, skewness, sliding_windows, velocity_rms_mm_s, welch_psd)
 from edge_agent.signal.features import FEATURE_DOCS
 from edge_agent.signal.velocity import STANDARD_GRAVITY_M_S2
-from tests.conftest import REPO, SHARED_DATA, load_cwru_de
+from tests.conftest import REPO, load_cwru_de
 
 FS = 25600.0
 
@@ -55,6 +55,7 @@ def test_velocity_outside_iso_band_is_excluded():
 
 def test_iso_zone_boundaries():
     assert iso_zone([1.39, 1.41, 2.81, 4.51], group=2, foundation="rigid").tolist() == list("ABCD")
+    assert iso_zone(float("nan")).tolist() == ""  # unknown velocity: no zone (not D)
     assert iso_zone([3.4, 3.6, 7.2, 11.1], group=1, foundation="flexible").tolist() == list("ABCD")
     with pytest.raises(ValueError, match="groups 1 and 2"):
         iso_zone(1.0, group=3)

@@ -227,7 +227,7 @@ FEATURE_DOCS: dict[str, tuple[str, str]] = {
     "velocity_rms_mm_s": ("mm/s", "velocity RMS over the ISO 20816 band (10-1000 Hz) by "
                                   "frequency-domain integration"),
     "iso_zone": ("", "ISO 20816-3 zone A/B/C/D of velocity_rms_mm_s for the configured group "
-                     "and foundation"),
+                     "and foundation ('' when the velocity is unknown)"),
     "env_rms_g": ("g", "RMS of the Hilbert envelope's fluctuation (envelope mean removed) in "
                        "the envelope band"),
     "env_mean_g": ("g", "mean of the Hilbert envelope: level in the envelope band"),

@@ -73,16 +73,20 @@ def velocity_rms_mm_s(x, fs_hz: float, *, band_hz=DEFAULT_VELOCITY_BAND_HZ,
 def iso_zone(velocity_mm_s, *, group: int = 2, foundation: str = "rigid"):
     """ISO 20816-3 zone letter ('A'–'D') of velocity RMS values in mm/s.
 
-    >>> iso_zone([0.9, 2.0, 3.0, 6.0], group=2, foundation="rigid").tolist()
-    ['A', 'B', 'C', 'D']
+    An unknown velocity (NaN: a flat-lined or empty window) has no zone: ''.
+
+    >>> iso_zone([0.9, 2.0, 3.0, 6.0, float("nan")], group=2, foundation="rigid").tolist()
+    ['A', 'B', 'C', 'D', '']
     """
     try:
         bounds = ISO_20816_3_BOUNDARIES_MM_S[(int(group), str(foundation))]
     except KeyError:
         raise ValueError(f"ISO 20816-3 has groups 1 and 2 and foundations 'rigid' and "
                          f"'flexible'; got group={group!r}, foundation={foundation!r}") from None
+    velocity = np.asarray(velocity_mm_s, dtype=np.float64)
     letters = np.array(["A", "B", "C", "D"])
-    return letters[np.searchsorted(bounds, np.asarray(velocity_mm_s), side="right")]
+    zones = letters[np.searchsorted(bounds, np.nan_to_num(velocity, nan=0.0), side="right")]
+    return np.where(np.isnan(velocity), "", zones)
 
 
 __all__ = ["velocity_rms_mm_s", "velocity_rms_from_psd", "iso_zone", "welch_psd",

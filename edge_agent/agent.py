@@ -1,0 +1,292 @@
+"""The long-running agent: frames in, alerts out, state kept.
+
+One processing thread owns the learning state. MQTT handlers (on paho's network
+thread) only decode, validate and queue; recordings (a replay source) are read
+on the processing thread. Each unit of work (a block of frames) is windowed,
+featurized in one batched call per machine, scored, and its alerts are
+committed to the durable outbox before the next unit starts; checkpoints are
+taken between units, so a restart resumes from one consistent moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig, MachineConfig
+from edge_agent.frame import FeatureRecord, Frame
+from edge_agent.pipeline import Pipeline
+from edge_agent.signal.bearing import parse_bearing
+from edge_agent.signal.features import FeatureSpec
+from edge_agent.state import StateStore
+from edge_agent.windowing import Windower, featurize
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """Everything one gateway process runs (see the module docstring).
+
+    Parameters
+    ----------
+    config : AgentConfig
+    clock : callable
+        Wall clock (Unix seconds), for lag and schedules.
+    """
+
+    def __init__(self, config: AgentConfig, *, clock=time.time):
+        from edge_agent.sensor_health import RejectionCounter
+
+        self.config, self.clock = config, clock
+        self.pipeline = Pipeline(agent_id=config.id,
+                                 config_for=lambda m: self.machine_config(m).learning,
+                                 policy_for=lambda m: self.machine_config(m).alerts)
+        self.windowers: dict[str, Windower] = {}
+        self.indices: dict[tuple[str, str], int] = {}
+        self.channel_view: dict[tuple[str, str], dict] = {}  # latest verdict, for status
+        self.last_alert: dict[str, dict] = {}
+        self.recent_alerts: deque[dict] = deque(maxlen=1000)
+        self.rejections = RejectionCounter()
+        self.store = StateStore(config.state_dir)
+        self.replay_position = 0
+        self.stats = {"frames": 0, "windows": 0, "alerts": 0, "dropped_frames": 0,
+                      "deferred_updates": 0, "checkpoints": 0}
+        self.lag_s: float | None = None
+        self._inbox: deque = deque()
+        self._inbox_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._specs: dict[str, FeatureSpec] = {}
+        self._train_s = self._work_s = 0.0
+        self.publisher = self.outbox = None
+
+    # -- configuration ----------------------------------------------------------------------------
+    def machine_config(self, machine: str) -> MachineConfig:
+        return self.config.machine(machine) or MachineConfig(
+            id=machine, learning=self.config.learning, alerts=self.config.alerts)
+
+    def known(self, machine: str) -> bool:
+        return (self.config.machine(machine) is not None or self.config.accept_unknown_machines
+                or self.config.replay is not None)
+
+    def spec_for(self, machine: str) -> FeatureSpec:
+        if machine not in self._specs:
+            m = self.machine_config(machine)
+            self._specs[machine] = FeatureSpec(
+                fault_orders=parse_bearing(m.bearing) if m.bearing else None,
+                iso_group=m.iso_group, iso_foundation=m.iso_foundation,
+                envelope_band_hz=m.envelope_band_hz, velocity_band_hz=m.velocity_band_hz)
+        return self._specs[machine]
+
+    def windower(self, machine: str) -> Windower:
+        if machine not in self.windowers:
+            m = self.machine_config(machine)
+            self.windowers[machine] = Windower(m.window_s, m.hop_s)
+        return self.windowers[machine]
+
+    # -- state ------------------------------------------------------------------------------------
+    def machines(self) -> list[str]:
+        return sorted({m for m, _ in self.pipeline.detectors} | set(self.pipeline.alerters))
+
+    def _machine_state(self, machine: str) -> dict:
+        p = self.pipeline
+        return {"detectors": {c: d for (m, c), d in p.detectors.items() if m == machine},
+                "alerter": p.alerters.get(machine), "windower": self.windowers.get(machine),
+                "indices": {c: i for (m, c), i in self.indices.items() if m == machine},
+                "last_alert": self.last_alert.get(machine)}
+
+    def checkpoint(self) -> int:
+        generation = self.store.save({m: self._machine_state(m) for m in self.machines()},
+                                     {"replay_position": self.replay_position,
+                                      "stats": self.stats})
+        self.stats["checkpoints"] += 1
+        log.info("checkpoint written", extra={"event": "checkpoint", "generation": generation,
+                                              "machines": len(self.machines())})
+        return generation
+
+    def restore(self) -> None:
+        machines, agent_state = self.store.load()
+        for machine, state in machines.items():
+            for channel, detector in state["detectors"].items():
+                self.pipeline.detectors[(machine, channel)] = detector
+            if state.get("alerter") is not None:
+                self.pipeline.alerters[machine] = state["alerter"]
+            if state.get("windower") is not None:
+                self.windowers[machine] = state["windower"]
+            for channel, index in state.get("indices", {}).items():
+                self.indices[(machine, channel)] = index
+            if state.get("last_alert"):
+                self.last_alert[machine] = state["last_alert"]
+        self.replay_position = int(agent_state.get("replay_position", 0))
+        self.stats.update({k: v for k, v in agent_state.get("stats", {}).items() if k in self.stats})
+        if machines or self.store.quarantined:
+            learned = sorted(f"{m}/{c}/{regime}" for (m, c), d in self.pipeline.detectors.items()
+                             for regime, model in d.models.items() if model.fitted)
+            log.info("state restored", extra={"event": "restore", "machines": sorted(machines),
+                                              "baselines": learned,
+                                              "generation": self.store.generation,
+                                              "quarantined": self.store.quarantined,
+                                              "replay_position": self.replay_position})
+
+    # -- input (any thread) ---------------------------------------------------------------------
+    def submit(self, item) -> None:
+        """Queue a frame, a feature record or ``("rebaseline", machine)``; never blocks.
+
+        When the queue is full the oldest item is dropped and counted (the agent
+        reports it in its status rather than stalling the network thread).
+        """
+        with self._inbox_lock:
+            if len(self._inbox) >= self.config.resources.queue_frames:
+                self._inbox.popleft()
+                self.stats["dropped_frames"] += 1
+            self._inbox.append(item)
+        self._wake.set()
+
+    def _drain(self) -> list:
+        with self._inbox_lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+        return items
+
+    # -- processing (the processing thread only) -------------------------------------------------
+    def may_train(self, live: bool) -> bool:
+        """Whether model updates may run now: not when live frames are behind real time or
+        updates took more than their share of processing time.
+
+        Recordings are never deferred: replaying them must give the same result every
+        time (a restart after a crash resumes a replay and must raise the same alerts).
+        """
+        if not live:
+            return True
+        c = self.config.resources
+        if self.lag_s is not None and self.lag_s > c.max_lag_s:
+            return False
+        return self._work_s == 0 or self._train_s / self._work_s <= c.learn_budget
+
+    def process(self, items, live: bool = True) -> list[dict]:
+        """Window, featurize, score and alert on ``items``; returns the alerts raised.
+
+        ``live`` says whether the items arrived now (MQTT) or come from a recording.
+        """
+        from edge_agent.ingest import PayloadError, check_frame
+
+        t0 = time.perf_counter()
+        alerts, windows, records = [], [], []
+        for item in items:
+            if isinstance(item, tuple) and item[0] == "rebaseline":
+                alerts += self._score(windows, records, live)
+                windows, records = [], []
+                self.rebaseline(item[1])
+            elif isinstance(item, Frame):
+                try:
+                    check_frame(item, self.config.limits)
+                except PayloadError as exc:
+                    self.rejections.rejected(item.machine, item.channel, exc.reason, exc.detail)
+                    continue
+                self.rejections.accepted(item.machine, item.channel)
+                self.stats["frames"] += 1
+                if item.rpm is None and self.machine_config(item.machine).rpm is not None:
+                    item = replace(item, rpm=self.machine_config(item.machine).rpm)
+                windows += self.windower(item.machine).push(item)
+                if live:  # how far behind the wall clock the sensors' frames are handled
+                    self.lag_s = max(0.0, self.clock() - item.start_s - item.duration_s)
+            elif isinstance(item, FeatureRecord):
+                records.append(item)
+        alerts += self._score(windows, records, live)
+        self._work_s += time.perf_counter() - t0
+        return alerts
+
+    def _score(self, windows, records, live: bool) -> list[dict]:
+        records = sorted(featurize(windows, lambda m, c: self.spec_for(m)) + records,
+                         key=lambda r: r.start_s)
+        alerts = []
+        for rec in records:
+            key = (rec.machine, rec.channel)
+            index = self.indices.get(key, 0)
+            self.indices[key] = index + 1
+            train = self.may_train(live)
+            t = time.perf_counter()
+            verdict, alert = self.pipeline.process(rec, index, may_train=train)
+            self._train_s += (time.perf_counter() - t) if train else 0.0
+            self.stats["deferred_updates"] += not train
+            self.stats["windows"] += 1
+            if self.channel_view.get(key, {}).get("phase") == "baselining" \
+                    and verdict["phase"] == "monitoring":
+                log.info("baseline learned", extra={
+                    "event": "baseline_learned", "machine": rec.machine, "channel": rec.channel,
+                    "regime": verdict.get("regime"), "windows": index})
+            self.channel_view[key] = {**verdict, "start_s": rec.start_s}
+            if alert is not None:
+                alerts.append(alert)
+                self.stats["alerts"] += 1
+                self.last_alert[rec.machine] = alert
+                self.recent_alerts.append(alert)
+                if self.publisher is not None:
+                    self.publisher.publish_alert(alert)  # durable before the next window
+                log.warning(alert["summary"], extra={"event": "alert", "alert_id": alert["id"],
+                                                     "machine": alert["machine"],
+                                                     "severity": alert["severity"]})
+        return alerts
+
+    def rebaseline(self, machine: str) -> None:
+        channels = self.pipeline.rebaseline(machine)
+        self.windowers.pop(machine, None)
+        log.warning("re-baseline ordered", extra={"event": "rebaseline", "machine": machine,
+                                                  "channels": channels})
+
+    # -- MQTT -------------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Open the outbox, connect to the broker and subscribe to frames and commands."""
+        from edge_agent.mqtt_io import connect_agent
+
+        connect_agent(self)
+
+    def publish_status(self) -> None:
+        from edge_agent.mqtt_io import publish_status
+
+        publish_status(self)
+
+    # -- main loop --------------------------------------------------------------------------------
+    def run(self, stop: threading.Event, source=None, *, exit_when_done: bool = False) -> None:
+        """Process until ``stop`` is set (or, with ``exit_when_done``, the source is exhausted)."""
+        resources, every_s = self.config.resources, self.config.checkpoint_every_s
+        last_checkpoint = last_status = time.monotonic()
+        blocks = source.blocks() if source is not None else iter(())
+        while not stop.is_set():
+            items = self._drain()
+            if items:
+                self.process(items, live=True)
+            block = next(blocks, None) if source is not None and not source.exhausted else None
+            if block is not None:
+                self.process(block, live=False)
+                self.replay_position = source.position
+            if not items and block is None:
+                if exit_when_done and (source is None or source.exhausted):
+                    break
+                self._wake.wait(0.2)
+                self._wake.clear()
+            now = time.monotonic()
+            if now - last_checkpoint >= every_s:
+                self.checkpoint()
+                last_checkpoint = now
+            if now - last_status >= resources.status_every_s:
+                self.publish_status()
+                last_status = now
+        self.checkpoint()
+        self.publish_status()
+
+    def close(self, drain_s: float = 5.0) -> None:
+        if self.publisher is not None:
+            self.publisher.close(drain_s=drain_s)
+        if self.outbox is not None:
+            self.outbox.close()
+
+
+def agent_version(agent: Agent, machine: str) -> str | None:
+    detectors = [d for (m, _), d in agent.pipeline.detectors.items() if m == machine]
+    if not detectors:
+        return None
+    return f"{__version__}+g{max(d.generation for d in detectors)}.u{sum(d.updates for d in detectors)}"

@@ -1,0 +1,316 @@
+"""The agent's TOML configuration: parsed, validated, with messages that name the key and the fix.
+
+Every table maps onto a dataclass that the component it configures already
+defines (learning: :class:`~edge_agent.models.DetectorConfig`, alerts:
+:class:`~edge_agent.alerts.AlertPolicy`, limits: :class:`~edge_agent.ingest.Limits`,
+MQTT: :class:`~edge_agent.publisher.MqttSettings`), so the keys and their
+defaults cannot drift from the code. ``docs/configuration.md`` documents every
+key and ``deploy/agent.example.toml`` shows them all; a test keeps the three in step.
+
+Secrets may come from the environment instead of the file:
+``EDGE_AGENT_MQTT_USERNAME``, ``EDGE_AGENT_MQTT_PASSWORD`` and
+``EDGE_AGENT_MQTT_PASSWORD_FILE`` override ``[mqtt]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.alerts import AlertPolicy
+from edge_agent.errors import UsageError
+from edge_agent.models.detector import DetectorConfig
+
+NAME = re.compile(r"[a-z0-9_.-]+\Z")
+ENV_SECRETS = {"EDGE_AGENT_MQTT_USERNAME": "username", "EDGE_AGENT_MQTT_PASSWORD": "password",
+               "EDGE_AGENT_MQTT_PASSWORD_FILE": "password_file"}
+
+
+class ConfigError(UsageError):
+    """A configuration problem; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    fs_hz: float | None = None  # the rate the sensor is set to; frames at another are refused
+    clip_g: float | None = None  # the sensor's full scale, for clipping detection
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    id: str
+    area: str | None = None
+    channels: tuple[ChannelConfig, ...] = ()
+    rpm: float | None = None
+    bearing: str | None = None
+    iso_group: int = 2
+    iso_foundation: str = "rigid"
+    window_s: float = 1.0
+    hop_s: float | None = None
+    envelope_band_hz: tuple[float, float] | None = None
+    velocity_band_hz: tuple[float, float] = (10.0, 1000.0)
+    learning: DetectorConfig = DetectorConfig()
+    alerts: AlertPolicy = AlertPolicy()
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    prefix: str = "edge"
+    site: str = "site"
+    area: str = "area"
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_messages: int = 100_000
+    max_age_days: float = 30.0
+    max_dead_letters: int = 10_000
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Recordings fed to the agent as if they arrived live (demo, commissioning, tests)."""
+
+    paths: tuple[str, ...] = ()
+    speed: float = 0.0  # 0: as fast as possible; 1: real time; 60: a minute a second
+    fs_hz: float | None = None
+    machine: str | None = None
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    queue_frames: int = 10_000  # frames waiting for processing before the oldest are dropped
+    learn_budget: float = 0.5  # share of processing time model updates may take
+    max_lag_s: float = 60.0  # behind real time by more than this: updates are deferred
+    status_every_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    id: str
+    state_dir: Path
+    checkpoint_every_s: float = 300.0
+    log_level: str = "info"
+    accept_unknown_machines: bool = False
+    mqtt: typing.Any = None  # MqttSettings (imported lazily: paho is not needed to check a file)
+    topics: TopicsConfig = TopicsConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    limits: typing.Any = None  # ingest.Limits
+    learning: DetectorConfig = DetectorConfig()
+    alerts: AlertPolicy = AlertPolicy()
+    resources: ResourcesConfig = ResourcesConfig()
+    machines: tuple[MachineConfig, ...] = ()
+    replay: ReplayConfig | None = None
+    source: Path | None = field(default=None, compare=False)
+
+    def machine(self, machine_id: str) -> MachineConfig | None:
+        return next((m for m in self.machines if m.id == machine_id), None)
+
+
+# -- building dataclasses from TOML tables ---------------------------------------------------------
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _convert(value, tp, key: str):
+    """``value`` as type ``tp`` or a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string (in quotes), got {value!r}")
+        return value
+    if tp is Path:
+        return Path(_convert(value, str, key)).expanduser()
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def build(cls, table, key: str, base=None, skip=()):
+    """An instance of dataclass ``cls`` from a TOML table (unknown keys are errors).
+
+    ``base`` supplies the defaults (a more general table's values).
+    """
+    if not isinstance(table, dict):
+        raise ConfigError(f"{key}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
+    for name in table:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else \
+                f"; known keys: {', '.join(sorted(fields))}"
+            raise ConfigError(f"{key}.{name}: unknown key{hint}")
+    values = {name: _convert(value, hints[name], f"{key}.{name}") for name, value in table.items()}
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except TypeError as exc:
+        missing = re.findall(r"'(\w+)'", str(exc))
+        raise ConfigError(f"{key}: missing required key {', '.join(missing) or str(exc)}") from None
+    except UsageError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+# -- the agent configuration -----------------------------------------------------------------------
+def _machine(table, index, defaults_learning, defaults_alerts) -> MachineConfig:
+    key = f"machine[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{key}: expected a [[machine]] table")
+    table = dict(table)
+    channels = table.pop("channels", [])
+    if not isinstance(channels, list):
+        raise ConfigError(f"{key}.channels: expected a list of names or tables")
+    learning = build(DetectorConfig, table.pop("learning", {}), f"{key}.learning", defaults_learning)
+    alerts = build(AlertPolicy, table.pop("alerts", {}), f"{key}.alerts", defaults_alerts)
+    machine = build(MachineConfig, table, key, skip=("channels", "learning", "alerts"))
+    chans = tuple(build(ChannelConfig, {"name": c} if isinstance(c, str) else c,
+                        f"{key}.channels[{i}]") for i, c in enumerate(channels))
+    machine = dataclasses.replace(machine, channels=chans, learning=learning, alerts=alerts)
+    _check_machine(machine, key)
+    return machine
+
+
+def _check_machine(m: MachineConfig, key: str) -> None:
+    from edge_agent.signal.bearing import parse_bearing
+
+    if not NAME.match(m.id):
+        raise ConfigError(f"{key}.id: {m.id!r} must be lowercase letters, digits, '_', '.', '-' "
+                          "(it becomes an MQTT topic level)")
+    for c in m.channels:
+        if not NAME.match(c.name):
+            raise ConfigError(f"{key}.channels: channel name {c.name!r} must match [a-z0-9_.-]+")
+    if m.bearing is not None:
+        try:
+            parse_bearing(m.bearing)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.bearing: {exc}") from None
+    if m.iso_group not in (1, 2) or m.iso_foundation not in ("rigid", "flexible"):
+        raise ConfigError(f"{key}: iso_group must be 1 or 2 and iso_foundation 'rigid' or "
+                          f"'flexible' (ISO 20816-3); got {m.iso_group}, {m.iso_foundation!r}")
+    if m.window_s <= 0 or (m.hop_s is not None and m.hop_s <= 0):
+        raise ConfigError(f"{key}: window_s and hop_s must be positive")
+    for band in (m.envelope_band_hz, m.velocity_band_hz):
+        if band is not None and not 0 <= band[0] < band[1]:
+            raise ConfigError(f"{key}: a band must be [low, high] with 0 <= low < high Hz, "
+                              f"got {list(band)}")
+
+
+def parse_config(text: str, source: Path | None = None, environ=os.environ) -> AgentConfig:
+    """An :class:`AgentConfig` from TOML text (see the module docstring)."""
+    from edge_agent.ingest import Limits
+    from edge_agent.publisher import MqttSettings
+
+    where = str(source) if source else "config"
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    try:
+        known = {"agent", "mqtt", "topics", "outbox", "limits", "learning", "alerts",
+                 "resources", "machine", "replay"}
+        for name in doc:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                raise ConfigError(f"[{name}]: unknown table" +
+                                  (f"; did you mean [{close[0]}]?" if close else
+                                   f"; known: {', '.join(sorted(known))}"))
+        agent = dict(doc.get("agent", {}))
+        if "id" not in agent or "state_dir" not in agent:
+            raise ConfigError("[agent]: 'id' and 'state_dir' are required (who the agent is on "
+                              "the bus, and the writable directory for its state and outbox)")
+        mqtt = dict(doc.get("mqtt", {}))
+        for env, key in ENV_SECRETS.items():
+            if environ.get(env):
+                mqtt[key] = environ[env]
+                if key == "password":
+                    mqtt.pop("password_file", None)
+                elif key == "password_file":
+                    mqtt.pop("password", None)
+        learning = build(DetectorConfig, doc.get("learning", {}), "learning")
+        alerts = build(AlertPolicy, doc.get("alerts", {}), "alerts")
+        machines = tuple(_machine(t, i, learning, alerts)
+                         for i, t in enumerate(doc.get("machine", [])))
+        ids = [m.id for m in machines]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"machine: ids must be unique, got {ids}")
+        config = AgentConfig(
+            id=_convert(agent.pop("id"), str, "agent.id"),
+            state_dir=_convert(agent.pop("state_dir"), Path, "agent.state_dir"),
+            mqtt=build(MqttSettings, mqtt, "mqtt"),
+            topics=build(TopicsConfig, doc.get("topics", {}), "topics"),
+            outbox=build(OutboxConfig, doc.get("outbox", {}), "outbox"),
+            limits=build(Limits, doc.get("limits", {}), "limits"),
+            learning=learning, alerts=alerts,
+            resources=build(ResourcesConfig, doc.get("resources", {}), "resources"),
+            machines=machines,
+            replay=build(ReplayConfig, doc["replay"], "replay") if "replay" in doc else None,
+            source=source)
+        config = build(AgentConfig, agent, "agent", config)
+        if not NAME.match(config.id):
+            raise ConfigError(f"agent.id: {config.id!r} must match [a-z0-9_.-]+ (it becomes an "
+                              "MQTT topic level)")
+        if config.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError("agent.log_level: use debug, info, warning or error")
+        for name in ("prefix", "site", "area"):
+            value = getattr(config.topics, name)
+            if not (NAME.match(value) or (name == "prefix" and re.fullmatch(r"[a-z0-9_.-]+(/[a-z0-9_.-]+)*", value))):
+                raise ConfigError(f"topics.{name}: {value!r} must match [a-z0-9_.-]+")
+        if not machines and not config.accept_unknown_machines and config.replay is None:
+            raise ConfigError("no [[machine]] configured: add one per machine, or set "
+                              "agent.accept_unknown_machines = true to learn every machine "
+                              "that sends frames")
+        return config
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config(path, environ=os.environ) -> AgentConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    config = parse_config(text, path, environ)
+    if not config.state_dir.is_absolute():  # relative to the file, not to where one stands
+        config = dataclasses.replace(config, state_dir=(path.parent / config.state_dir).resolve())
+    return config

@@ -1,0 +1,116 @@
+"""The agent's side of MQTT: what it subscribes to, and the status it keeps retained."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from edge_agent.schema import channel_status, machine_status_doc
+
+log = logging.getLogger(__name__)
+
+
+def _limits_for(agent, machine: str, channel: str):
+    """Ingestion limits with the channel's configured sample rate and full scale."""
+    limits = agent.config.limits
+    m = agent.config.machine(machine)
+    c = next((c for c in (m.channels if m else ()) if c.name == channel), None)
+    if c is None:
+        return limits
+    return dataclasses.replace(
+        limits, expected_fs_hz=(c.fs_hz,) if c.fs_hz else limits.expected_fs_hz,
+        clip_g=c.clip_g if c.clip_g is not None else limits.clip_g)
+
+
+def _channel_allowed(agent, machine: str, channel: str) -> bool:
+    m = agent.config.machine(machine)
+    if m is None:
+        return agent.config.accept_unknown_machines
+    return not m.channels or any(c.name == channel for c in m.channels)
+
+
+def connect_agent(agent) -> None:
+    """Open the outbox, start the publisher and subscribe to raw frames, features and commands."""
+    from edge_agent.ingest import decode_message
+    from edge_agent.outbox import Outbox
+    from edge_agent.publisher import Publisher
+    from edge_agent.topics import Topics, TopicError
+
+    config = agent.config
+    topics = Topics(config.topics.prefix, config.topics.site, config.topics.area)
+    agent.topics = topics
+    agent.outbox = Outbox(config.state_dir / "outbox.sqlite",
+                          max_messages=config.outbox.max_messages,
+                          max_age_s=config.outbox.max_age_days * 86400.0,
+                          max_dead_letters=config.outbox.max_dead_letters)
+    agent.publisher = Publisher(config.mqtt, agent.outbox, topics, config.id,
+                                machines=[m.id for m in config.machines])
+
+    def on_sensor_data(topic: str, payload: bytes) -> None:
+        try:
+            ref = topics.parse(topic)
+        except TopicError as exc:
+            agent.rejections.rejected_topic(str(exc))
+            return
+        if ref.kind in ("raw", "features") and not _channel_allowed(agent, ref.machine,
+                                                                      ref.channel):
+            agent.rejections.rejected(ref.machine, ref.channel, "bad_topic",
+                                      "machine or channel not in the configuration")
+            return
+        limits = _limits_for(agent, ref.machine, ref.channel) if ref.channel else config.limits
+        item = decode_message(topics, topic, payload, limits=limits, counter=agent.rejections)
+        if item is not None:
+            agent.submit(item)
+
+    def on_rebaseline(topic: str, payload: bytes) -> None:
+        try:
+            machine = topics.parse(topic).machine
+        except TopicError as exc:
+            log.warning("re-baseline command on a bad topic", extra={"event": "bad_command",
+                                                                     "detail": str(exc)})
+            return
+        if not agent.known(machine):
+            log.warning("re-baseline for an unknown machine ignored",
+                        extra={"event": "bad_command", "machine": machine})
+            return
+        agent.submit(("rebaseline", machine))
+
+    agent.publisher.subscribe(topics.raw_filter(), on_sensor_data)
+    agent.publisher.subscribe(topics.features_filter(), on_sensor_data)
+    agent.publisher.subscribe(topics.rebaseline_filter(), on_rebaseline)
+    agent.publisher.start()
+
+
+def machine_status(agent, machine: str) -> dict:
+    """The retained status document of one machine."""
+    from edge_agent.agent import agent_version
+
+    channels = {}
+    health = agent.rejections.channels(machine)
+    names = sorted({c for m, c in agent.channel_view if m == machine} | set(health))
+    for channel in names:
+        view = agent.channel_view.get((machine, channel), {})
+        sensor = health.get(channel, {"sensor_health": "ok" if view else "no_data",
+                                      "rejected": {}})
+        channels[channel] = channel_status(
+            phase=view.get("phase"), state=view.get("state", "baselining"),
+            baseline_progress=view.get("baseline_progress", 0.0), score=view.get("score"),
+            threshold=view.get("threshold"), alarm_threshold=view.get("alarm_threshold"),
+            regime=view.get("regime"), last_window_s=view.get("start_s"),
+            windows=agent.indices.get((machine, channel)),
+            sensor_health=sensor["sensor_health"], rejected=sensor["rejected"])
+    return machine_status_doc(agent.config.id, machine, channels,
+                              outbox_depth=agent.outbox.depth if agent.outbox else 0,
+                              model_version=agent_version(agent, machine),
+                              last_alert=agent.last_alert.get(machine), ts_s=agent.clock())
+
+
+def publish_status(agent) -> None:
+    """Every machine's retained status and the agent's, when connected to a broker."""
+    if agent.publisher is None:
+        return
+    known = {m for m, _ in agent.channel_view} | {m.id for m in agent.config.machines}
+    for machine in sorted(known):
+        agent.publisher.publish_status(agent.topics.machine_status(machine),
+                                       machine_status(agent, machine))
+    agent.publisher.publish_agent_status(lag_s=agent.lag_s)

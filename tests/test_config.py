@@ -1,0 +1,122 @@
+"""The TOML configuration: the example parses, the reference matches the code, errors are clear."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from edge_agent.alerts import AlertPolicy
+from edge_agent.config import (AgentConfig, ConfigError, MachineConfig, OutboxConfig,
+                               ReplayConfig, ResourcesConfig, TopicsConfig, load_config,
+                               parse_config)
+from edge_agent.ingest import Limits
+from edge_agent.models import DetectorConfig
+from edge_agent.publisher import MqttSettings
+from tests.conftest import REPO
+from tests.test_cli import edge_agent
+
+EXAMPLE = REPO / "deploy" / "agent.example.toml"
+REFERENCE = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+SECTIONS = {"agent": AgentConfig, "mqtt": MqttSettings, "topics": TopicsConfig,
+            "outbox": OutboxConfig, "limits": Limits, "learning": DetectorConfig,
+            "alerts": AlertPolicy, "resources": ResourcesConfig, "[machine]": MachineConfig,
+            "replay": ReplayConfig}
+NOT_KEYS = {"agent": {"mqtt", "topics", "outbox", "limits", "learning", "alerts", "resources",
+                      "machines", "replay", "source"}}
+
+MINIMAL = """
+[agent]
+id = "gw-1"
+state_dir = "/tmp/gw"
+[[machine]]
+id = "pump-1"
+"""
+
+
+def documented(section: str) -> dict[str, str]:
+    """``{key: default}`` from the reference's table for ``section``."""
+    body = REFERENCE.split(f"## [{section}]\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for cells in re.findall(r"^\| (`[^|]+`) \| ([^|]*) \|", body, re.M):
+        for key in re.findall(r"`([a-z_0-9]+)`", cells[0]):
+            rows[key] = cells[1].strip()
+    return rows
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_reference_documents_every_key_with_the_codes_default(section):
+    cls = SECTIONS[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    keys = set(fields) - NOT_KEYS.get(section, set())
+    docs = documented(section)
+    assert keys == set(docs), f"[{section}] code {sorted(keys)} docs {sorted(docs)}"
+    for name in keys:
+        default, shown = fields[name].default, docs[name]
+        if shown.startswith("`") and default is not dataclasses.MISSING:
+            literal = shown.strip("`").strip('"')
+            expected = ("true" if default else "false") if isinstance(default, bool) else (
+                str(list(default)) if isinstance(default, tuple) else str(default))
+            assert literal == expected, f"[{section}].{name}: docs say {literal}, code {expected}"
+
+
+def test_example_shows_every_key_and_parses(tmp_path):
+    config = load_config(EXAMPLE)
+    assert config.id == "gw-hamburg-1" and config.mqtt.protocol == "5"
+    pump = config.machine("pump-7")
+    assert pump.learning.baseline_windows == 240  # machine override ...
+    assert pump.learning.risk == config.learning.risk  # ... on top of [learning]
+    assert [c.name for c in pump.channels] == ["de", "nde"] and pump.channels[0].fs_hz == 25600
+    assert config.machine("fan-2").channels[0].name == "x"
+    text = EXAMPLE.read_text()
+    for section, cls in SECTIONS.items():
+        for key in documented(section):
+            assert re.search(rf"^#? ?{key}\b|[{{,] {key} =", text, re.M) or key in (
+                "tls_cert", "tls_key", "learning", "alerts", "password"), f"{section}.{key}"
+
+
+def test_minimal_config_and_relative_state_dir(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text(MINIMAL.replace('"/tmp/gw"', '"state"'))
+    config = load_config(path)
+    assert config.state_dir == tmp_path / "state"
+    assert config.learning == DetectorConfig() and config.machines[0].alerts == AlertPolicy()
+
+
+@pytest.mark.parametrize("text, message", [
+    (MINIMAL + "baseline_windows = 10\n", "machine[0].baseline_windows: unknown key"),
+    (MINIMAL.replace("[[machine]]", "[learning]\nbaseline_window = 5\n[[machine]]"),
+     "did you mean 'baseline_windows'"),
+    (MINIMAL.replace("[[machine]]", "[learning]\nrisk = 'low'\n[[machine]]"),
+     "learning.risk: expected a number"),
+    (MINIMAL + 'bearing = "6205"\n', "machine[0].bearing: bearing '6205'"),
+    (MINIMAL + 'id2 = 1\n', "unknown key"),
+    (MINIMAL.replace('id = "pump-1"', 'id = "Pump 1"'), "must be lowercase"),
+    ("[agent]\nid = 'gw'\n", "'id' and 'state_dir' are required"),
+    (MINIMAL + "[mqtt]\nprotocol = '4'\n", "MQTT protocol must be '5' or '3.1.1'"),
+    (MINIMAL.replace("[[machine]]", "[mqttt]\n[[machine]]"), "did you mean [mqtt]"),
+    ("[agent]\nid = 'gw'\nstate_dir = '/tmp'\n", "no [[machine]] configured"),
+    ("[agent\n", "not valid TOML"),
+])
+def test_errors_name_the_key_and_the_fix(text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(text)
+
+
+def test_secrets_from_the_environment_are_never_shown():
+    config = parse_config(MINIMAL + "[mqtt]\nusername = 'x'\npassword_file = '/nope'\n",
+                          environ={"EDGE_AGENT_MQTT_USERNAME": "edge",
+                                   "EDGE_AGENT_MQTT_PASSWORD": "s3cret-pw"})
+    assert config.mqtt.username == "edge" and config.mqtt.resolve_password() == "s3cret-pw"
+    assert config.mqtt.password_file is None
+    assert "s3cret-pw" not in repr(config)
+
+
+def test_config_check_command(tmp_path):
+    out = edge_agent("config", "check", EXAMPLE).stdout
+    assert "OK" in out and "machine pump-7" in out and "broker broker.plant.local:8883" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MINIMAL + "window_s = -1\n")
+    result = edge_agent("config", "check", bad, check=False)
+    assert result.returncode == 2 and "bad.toml: machine[0]: window_s" in result.stderr
