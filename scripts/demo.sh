@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: the agent on real sample recordings, with a throwaway MQTT broker on
+# loopback (Mosquitto when installed, else the embedded one) and an operator subscriber.
+# No root, no apt. Options are passed on: bash scripts/demo.sh --speed 600
+set -euo pipefail
+EXTRAS=demo
+source "$(dirname "$0")/_setup.sh"
+exec .venv/bin/edge-agent demo "$@"
