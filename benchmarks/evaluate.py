@@ -53,6 +53,9 @@ def collect(paths, **options):
     return list(feature_records(InputOptions(recordings=tuple(paths), **options)))
 
 
+NAMES = ("edge-agent", "RMS 6σ", "River HST")
+
+
 class Run:
     """One detector's pass over a timeline: per-window machine state and alerts."""
 
@@ -75,8 +78,23 @@ class Run:
                      and a["severity"] == severity and a["index"] >= lo), None)
 
     def sustained_alarm_start(self, machine, last_index):
-        """Index where the final alarm that lasts to ``last_index`` began, or None."""
+        """Where the alarm that lasts to ``last_index`` began, as an operator saw it.
+
+        edge-agent announces "back to normal": its alarm stands from the last alarm
+        alert with no all-clear after it (a held or missing alert counts against it).
+        The references have no all-clear: their final unbroken alarm episode counts.
+        """
         per = self.state.get(machine, {})
+        if per.get(last_index) not in ("alarm", "warning") and self.name == NAMES[0]:
+            return None
+        if self.name == NAMES[0]:
+            start = None
+            for a in (a for a in self.alerts if a["machine"] == machine):
+                if a["severity"] == "alarm" and start is None:
+                    start = a["index"]
+                elif a["severity"] == "normal":
+                    start = None
+            return start
         if per.get(last_index) != "alarm":
             return None
         i = last_index
@@ -125,9 +143,6 @@ def run_reference(name, records, baseline_windows):
 
 def fmt(value, none="—"):
     return none if value is None else str(value)
-
-
-NAMES = ("edge-agent", "RMS 6σ", "River HST")
 
 
 def evaluate_cwru(config):

@@ -54,14 +54,14 @@ class Agent:
         self.store = StateStore(config.state_dir)
         self.replay_position = 0
         self.stats = {"frames": 0, "windows": 0, "alerts": 0, "dropped_frames": 0,
-                      "deferred_updates": 0, "checkpoints": 0}
+                      "deferred_updates": 0, "checkpoints": 0, "processing_errors": 0}
         self.lag_s: float | None = None
         self._inbox: deque = deque()
         self._inbox_lock = threading.Lock()
         self._wake = threading.Event()
         self._specs: dict[str, FeatureSpec] = {}
         self._train_s = self._work_s = 0.0
-        self.publisher = self.outbox = None
+        self.publisher = self.outbox = self.topics = None
 
     # -- configuration ----------------------------------------------------------------------------
     def machine_config(self, machine: str) -> MachineConfig:
@@ -181,12 +181,14 @@ class Agent:
                 windows, records = [], []
                 self.rebaseline(item[1])
             elif isinstance(item, Frame):
-                try:
-                    check_frame(item, self.config.limits)
-                except PayloadError as exc:
-                    self.rejections.rejected(item.machine, item.channel, exc.reason, exc.detail)
-                    continue
-                self.rejections.accepted(item.machine, item.channel)
+                if not live:  # live frames were checked (and counted) when decoded
+                    try:
+                        check_frame(item, self.config.limits)
+                    except PayloadError as exc:
+                        self.rejections.rejected(item.machine, item.channel, exc.reason,
+                                                 exc.detail)
+                        continue
+                    self.rejections.accepted(item.machine, item.channel)
                 self.stats["frames"] += 1
                 if item.rpm is None and self.machine_config(item.machine).rpm is not None:
                     item = replace(item, rpm=self.machine_config(item.machine).rpm)
@@ -211,7 +213,9 @@ class Agent:
             t = time.perf_counter()
             verdict, alert = self.pipeline.process(rec, index, may_train=train)
             self._train_s += (time.perf_counter() - t) if train else 0.0
-            self.stats["deferred_updates"] += not train
+            # a learned monitoring window whose model update had to wait
+            self.stats["deferred_updates"] += (not train and verdict["learned"]
+                                               and verdict["phase"] == "monitoring")
             self.stats["windows"] += 1
             if self.channel_view.get(key, {}).get("phase") == "baselining" \
                     and verdict["phase"] == "monitoring":
@@ -258,10 +262,10 @@ class Agent:
         while not stop.is_set():
             items = self._drain()
             if items:
-                self.process(items, live=True)
+                self._process_safely(items, live=True)
             block = next(blocks, None) if source is not None and not source.exhausted else None
             if block is not None:
-                self.process(block, live=False)
+                self._process_safely(block, live=False)
                 self.replay_position = source.position
             if not items and block is None:
                 if exit_when_done and (source is None or source.exhausted):
@@ -277,6 +281,15 @@ class Agent:
                 last_status = now
         self.checkpoint()
         self.publish_status()
+
+    def _process_safely(self, items, live: bool) -> None:
+        """:meth:`process`, but a failure is logged and counted, never the end of the agent."""
+        try:
+            self.process(items, live=live)
+        except Exception:
+            self.stats["processing_errors"] += 1
+            log.exception("processing failed; the block is skipped", extra={
+                "event": "processing_error", "items": len(items)})
 
     def close(self, drain_s: float = 5.0) -> None:
         if self.publisher is not None:

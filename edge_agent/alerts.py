@@ -8,9 +8,11 @@ windows in a row without a severe one, and from WARNING to NORMAL after
 (hysteresis: a score hovering at the threshold does not flap).
 
 A machine's state is the worst of its channels'. An alert is raised when the
-machine's state rises, and a ``normal`` alert says when it has cleared. Within
-``cooldown_s`` of an alert, the same severity is not raised again (a repeat is
-counted, not sent), so a flapping machine cannot storm the operators.
+machine's state rises, and a ``normal`` alert says when it has cleared. At most
+``cooldown_max_alerts`` alerts of one severity go out per machine within
+``cooldown_s``: a genuine new escalation is never delayed by an earlier one,
+while a flapping machine cannot storm the operators (further repeats are held
+and counted, and go out when the window allows if the machine is still there).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class AlertPolicy:
     clear_windows: int = 10
     clear_ratio: float = 0.8
     cooldown_s: float = 3600.0
+    cooldown_max_alerts: int = 3
     top_features: int = 3
     fault_line_ratio: float = 3.0
 
@@ -76,10 +79,11 @@ class MachineAlerter:
     """Machine-level state, cooldown and alert construction.
 
     ``announced`` is what operators were last told. The machine's state rising
-    above it raises an alert, unless an alert of that severity went out less
-    than ``cooldown_s`` ago: then it is held (and counted) and goes out when the
-    cooldown ends if the machine is still there. Stepping down from alarm to
-    warning is not announced; returning to normal is.
+    above it raises an alert, unless ``cooldown_max_alerts`` alerts of that
+    severity already went out within ``cooldown_s``: then it is held (and
+    counted) and goes out as soon as the oldest of them leaves the window, if the
+    machine is still there. Stepping down from alarm to warning is not
+    announced; returning to normal is.
     """
 
     def __init__(self, machine: str, policy: AlertPolicy, agent_id: str = "edge-agent"):
@@ -89,7 +93,7 @@ class MachineAlerter:
         self.channels: dict[str, ChannelAlertState] = {}
         self.state = "normal"
         self.announced = "normal"
-        self.last_sent: dict[str, float] = {}  # severity -> window time of its last alert
+        self.sent: dict[str, deque[float]] = {}  # severity -> window times of recent alerts
         self.held = 0  # escalations held back by the cooldown (repeats not sent at once)
         self._holding = False
 
@@ -107,15 +111,16 @@ class MachineAlerter:
                                             STATES.index(self.state) < STATES.index(self.announced)):
             self._holding = False
             return None
-        last = self.last_sent.get(self.state)
-        if self.state != "normal" and last is not None \
-                and record.start_s - last < self.policy.cooldown_s:
+        recent = self.sent.setdefault(self.state, deque())
+        while recent and record.start_s - recent[0] >= self.policy.cooldown_s:
+            recent.popleft()
+        if self.state != "normal" and len(recent) >= self.policy.cooldown_max_alerts:
             self.held += not self._holding
             self._holding = True
             return None
         self._holding = False
         previous, self.announced = self.announced, self.state
-        self.last_sent[self.state] = record.start_s
+        recent.append(record.start_s)
         channels = sorted(ch for ch, c in self.channels.items() if c.state == self.state)
         return build_alert(self, self.state, previous, channel, channels or [channel], verdict,
                            record, reference, model_version, generation)

@@ -134,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_config_check)
 
     from edge_agent.operator import add_alerts_parser
+    from edge_agent.report import add_report_parser, report_command
 
     add_alerts_parser(sub).set_defaults(func=_cmd_alerts)
+    add_report_parser(sub).set_defaults(func=report_command)
     return parser
 
 

@@ -29,38 +29,54 @@ def _channel_allowed(agent, machine: str, channel: str) -> bool:
     return not m.channels or any(c.name == channel for c in m.channels)
 
 
+def agent_topics(agent):
+    from edge_agent.topics import Topics
+
+    if getattr(agent, "topics", None) is None:
+        t = agent.config.topics
+        agent.topics = Topics(t.prefix, t.site, t.area)
+    return agent.topics
+
+
+def ingest_message(agent, topic: str, payload: bytes) -> None:
+    """A message on a raw-frame or feature topic: decode, check, count, queue.
+
+    Runs on paho's network thread: it never raises and never blocks. A refusal
+    is counted per machine, channel and reason (shown in the machine status).
+    """
+    from edge_agent.ingest import decode_message
+    from edge_agent.topics import TopicError
+
+    topics = agent_topics(agent)
+    try:
+        ref = topics.parse(topic)
+    except TopicError as exc:
+        agent.rejections.rejected_topic(str(exc))
+        return
+    if ref.kind in ("raw", "features") and not _channel_allowed(agent, ref.machine, ref.channel):
+        agent.rejections.rejected(ref.machine, ref.channel, "bad_topic",
+                                  "machine or channel not in the configuration")
+        return
+    limits = _limits_for(agent, ref.machine, ref.channel) if ref.channel else agent.config.limits
+    item = decode_message(topics, topic, payload, limits=limits, counter=agent.rejections)
+    if item is not None:
+        agent.submit(item)
+
+
 def connect_agent(agent) -> None:
     """Open the outbox, start the publisher and subscribe to raw frames, features and commands."""
-    from edge_agent.ingest import decode_message
     from edge_agent.outbox import Outbox
     from edge_agent.publisher import Publisher
-    from edge_agent.topics import Topics, TopicError
+    from edge_agent.topics import TopicError
 
     config = agent.config
-    topics = Topics(config.topics.prefix, config.topics.site, config.topics.area)
-    agent.topics = topics
+    topics = agent_topics(agent)
     agent.outbox = Outbox(config.state_dir / "outbox.sqlite",
                           max_messages=config.outbox.max_messages,
                           max_age_s=config.outbox.max_age_days * 86400.0,
                           max_dead_letters=config.outbox.max_dead_letters)
     agent.publisher = Publisher(config.mqtt, agent.outbox, topics, config.id,
                                 machines=[m.id for m in config.machines])
-
-    def on_sensor_data(topic: str, payload: bytes) -> None:
-        try:
-            ref = topics.parse(topic)
-        except TopicError as exc:
-            agent.rejections.rejected_topic(str(exc))
-            return
-        if ref.kind in ("raw", "features") and not _channel_allowed(agent, ref.machine,
-                                                                      ref.channel):
-            agent.rejections.rejected(ref.machine, ref.channel, "bad_topic",
-                                      "machine or channel not in the configuration")
-            return
-        limits = _limits_for(agent, ref.machine, ref.channel) if ref.channel else config.limits
-        item = decode_message(topics, topic, payload, limits=limits, counter=agent.rejections)
-        if item is not None:
-            agent.submit(item)
 
     def on_rebaseline(topic: str, payload: bytes) -> None:
         try:
@@ -75,8 +91,8 @@ def connect_agent(agent) -> None:
             return
         agent.submit(("rebaseline", machine))
 
-    agent.publisher.subscribe(topics.raw_filter(), on_sensor_data)
-    agent.publisher.subscribe(topics.features_filter(), on_sensor_data)
+    agent.publisher.subscribe(topics.raw_filter(), lambda t, p: ingest_message(agent, t, p))
+    agent.publisher.subscribe(topics.features_filter(), lambda t, p: ingest_message(agent, t, p))
     agent.publisher.subscribe(topics.rebaseline_filter(), on_rebaseline)
     agent.publisher.start()
 

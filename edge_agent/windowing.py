@@ -5,11 +5,14 @@ each other) are windowed across frame boundaries: samples left over at the end o
 a frame are kept and joined to the next frame when it starts where the last one
 ended. A frame that does not continue the stream and is shorter than two windows
 is a *snapshot* (IMS takes 1 s every 10 min, FEMTO 0.1 s every 10 s) and is
-analysed whole as one window.
+analysed whole as one window, unless the channel is known to stream (one of its
+frames continued the one before: a sensor sending small packets) or the frame is
+shorter than :data:`MIN_WINDOW_SAMPLES`; then it waits for its continuation.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -21,7 +24,11 @@ from edge_agent.frame import FeatureRecord, Frame
 from edge_agent.signal.features import FeatureSpec, extract_features
 from edge_agent.signal.windows import sliding_windows
 
+log = logging.getLogger(__name__)
 _OFFSET = re.compile(r"@(\d+)$")
+
+#: No window is shorter: spectra and sub-block statistics need samples.
+MIN_WINDOW_SAMPLES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,7 @@ class _Pending:
     start_s: float
     offset: int | None
     source: str
+    analysed: bool = False  # analysed whole as a snapshot: not lost if nothing follows
 
 
 class Windower:
@@ -64,20 +72,31 @@ class Windower:
         self.window_s = window_s
         self.hop_s = window_s if hop_s is None else hop_s
         self._pending: dict[tuple[str, str], _Pending] = {}
+        self._streaming: set[tuple[str, str]] = set()
         self.samples_dropped = 0  # tails too short for a window, never analysed
 
     def push(self, frame: Frame) -> list[Window]:
         """Windows completed by ``frame`` (possibly none)."""
         key = (frame.machine, frame.channel)
-        n = max(1, int(round(self.window_s * frame.fs_hz)))
+        n = max(MIN_WINDOW_SAMPLES, int(round(self.window_s * frame.fs_hz)))
         hop = max(1, int(round(self.hop_s * frame.fs_hz)))
         prev = self._pending.pop(key, None)
         continues = (prev is not None and prev.fs_hz == frame.fs_hz
                      and abs(frame.start_s - prev.end_s) <= 0.5 / frame.fs_hz)
-        if prev is not None and not continues:
+        if continues:
+            self._streaming.add(key)
+            if prev.analysed:  # its samples were one window already: start after them
+                prev, continues = None, False
+        elif prev is not None and not prev.analysed:
             self.samples_dropped += prev.samples.size
-        if not continues and frame.samples.size < 2 * n:
-            return [self._window(frame, frame.samples, frame.start_s, frame.source)]
+        size = frame.samples.size
+        if not continues and size < 2 * n and key not in self._streaming:
+            snapshot = size >= MIN_WINDOW_SAMPLES
+            # Kept in case the next frame continues it (then it was a stream's first packet).
+            self._pending[key] = _Pending(frame.start_s + size / frame.fs_hz, frame.fs_hz,
+                                          frame.samples, frame.start_s, None, frame.source,
+                                          analysed=snapshot)
+            return [self._window(frame, frame.samples, frame.start_s, frame.source)] if snapshot else []
         if continues:
             samples = np.concatenate([prev.samples, frame.samples])
             start_s, offset, source = prev.start_s, prev.offset, prev.source
@@ -103,7 +122,8 @@ class Windower:
 
     def flush(self) -> None:
         """End of input: count what is left over as dropped."""
-        self.samples_dropped += sum(p.samples.size for p in self._pending.values())
+        self.samples_dropped += sum(p.samples.size for p in self._pending.values()
+                                    if not p.analysed)
         self._pending.clear()
 
     @staticmethod
@@ -130,12 +150,19 @@ def featurize(windows: Iterable[Window],
     for (fs_hz, _, spec, speed_known), idx in groups.items():
         batch = np.stack([windows[i].samples for i in idx])
         rpm = np.array([windows[i].rpm for i in idx], dtype=np.float64) if speed_known else None
-        feats = extract_features(batch, fs_hz, spec, rpm=rpm)
+        try:
+            with np.errstate(all="ignore"):  # an extreme window yields NaN/inf features
+                feats = extract_features(batch, fs_hz, spec, rpm=rpm)
+        except Exception:  # one odd group must not take the others with it
+            log.exception("feature extraction failed; windows skipped", extra={
+                "event": "featurize_error", "windows": len(idx), "fs_hz": fs_hz,
+                "machines": sorted({windows[i].machine for i in idx})})
+            continue
         for row, i in enumerate(idx):
             w = windows[i]
             values = {name: _scalar(arr[row]) for name, arr in feats.items()}
             records[i] = FeatureRecord(w.machine, w.channel, w.start_s, values, w.rpm, w.source)
-    return records  # type: ignore[return-value]
+    return [r for r in records if r is not None]
 
 
 def _scalar(v):

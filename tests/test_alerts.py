@@ -53,14 +53,24 @@ def test_hysteresis_a_score_hovering_at_the_threshold_does_not_flap():
     assert alerts == [(2, "warning"), (72, "normal")]
 
 
-def test_flapping_cannot_storm_and_a_held_alert_is_sent_when_the_cooldown_ends():
-    policy = AlertPolicy(clear_windows=2, cooldown_s=3600.0)
+def test_flapping_cannot_storm_and_a_held_alert_is_sent_when_the_window_allows():
+    policy = AlertPolicy(clear_windows=2, cooldown_s=3600.0, cooldown_max_alerts=3)
     cycle = [3.0, 3.0, 3.0, 0.1, 0.1]  # warning, cleared, warning ... every 5 minutes
     alerts, alerter = feed(cycle * 24, policy)  # two hours
-    warnings = [i for i, s in alerts if s == "warning"]
-    assert len(warnings) == 2  # at the start and once the hour is over, not 24 times
-    assert warnings[1] * 60.0 - warnings[0] * 60.0 >= 3600.0
+    warnings = [i * 60.0 for i, s in alerts if s == "warning"]
+    # three at once, then held until the first leaves the hour: 6 in two hours, not 24
+    assert warnings[2] < 900.0  # the first three go out as they come
+    assert warnings[3] - warnings[0] >= 3600.0  # the fourth waits for the first to age out
+    assert len(warnings) <= 6
     assert alerter.held >= 1
+
+
+def test_a_new_escalation_is_not_delayed_by_an_earlier_cleared_one():
+    # A short alarm that clears, then half an hour later a real one: it goes out at once.
+    scores = [9.0] * 3 + [0.1] * 12 + [0.5] * 15 + [9.0] * 3
+    alerts, _ = feed(scores, AlertPolicy(clear_windows=10, cooldown_s=3600.0))
+    assert [s for _, s in alerts] == ["alarm", "normal", "alarm"]
+    assert alerts[-1][0] == len(scores) - 1
 
 
 def test_de_escalation_steps_down_without_a_new_alert():
