@@ -111,6 +111,19 @@ def test_sustained_statistics_ignore_one_shock_but_follow_repetitive_impacts():
     assert feats["sustained_rms_g"][1] == pytest.approx(feats["sustained_rms_g"][0], rel=0.02)
 
 
+def test_fused_window_statistics_equal_the_separate_computations():
+    from edge_agent.signal.stats import sustained_stats, time_features, window_statistics
+
+    rng = np.random.default_rng(4)
+    x = (rng.gamma(2.0, 0.05, size=(6, 25603)) - 0.09).astype(np.float32)  # DC offset, tail
+    x[2, 4000:4010] += 3.0  # a shock in one sub-block
+    fused = window_statistics(x)
+    separate = {**time_features(x.astype(np.float64)), **sustained_stats(x.astype(np.float64))}
+    assert set(fused) == set(separate)
+    for name, value in separate.items():
+        np.testing.assert_allclose(fused[name], value, rtol=2e-5, atol=1e-7, err_msg=name)
+
+
 def test_moments_match_scipy_stats():
     rng = np.random.default_rng(3)
     x = rng.gamma(2.0, size=(5, 10000))

@@ -45,13 +45,20 @@ def analytic_bandpass(x, fs_hz: float, band_hz, axis: int = -1):
     """Analytic signal of ``x`` band-passed to ``band_hz`` (complex, same shape)."""
     x = np.asarray(x)
     n = x.shape[axis]
-    spectrum = scipy.fft.fft(x, axis=axis)
-    f = np.abs(scipy.fft.fftfreq(n, 1.0 / fs_hz))
+    # One real FFT gives the positive frequencies; doubled in band and zero
+    # elsewhere they are the analytic signal's whole spectrum.
+    half = scipy.fft.rfft(x, axis=axis)
+    f = scipy.fft.rfftfreq(n, 1.0 / fs_hz)
     gain = np.where((f >= band_hz[0]) & (f <= band_hz[1]), 2.0, 0.0)
-    gain[n // 2 + 1:] = 0.0  # negative frequencies (and the mirror of Nyquist)
+    gain[0] = min(gain[0], 1.0)  # DC is kept once, not doubled
+    if n % 2 == 0:
+        gain[-1] = 0.0  # the Nyquist line has no analytic counterpart
     shape = [1] * x.ndim
-    shape[axis] = n
-    return scipy.fft.ifft(spectrum * gain.reshape(shape).astype(spectrum.real.dtype), axis=axis)
+    shape[axis] = half.shape[axis]
+    spectrum = half * gain.reshape(shape).astype(half.real.dtype)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, n - half.shape[axis])
+    return scipy.fft.ifft(np.pad(spectrum, pad), axis=axis)
 
 
 def envelope(x, fs_hz: float, band_hz, axis: int = -1):
@@ -81,15 +88,23 @@ def envelope_spectrum(x, fs_hz: float, band_hz=None, axis: int = -1):
 def amplitude_near(freqs_hz, spectrum, target_hz, tolerance_hz, axis: int = -1):
     """Largest amplitude within ``target ± tolerance`` Hz (NaN if no bin there).
 
-    ``target_hz`` may be an array broadcasting against the spectrum without its
-    frequency axis (one shaft speed per window).
+    ``target_hz`` and ``tolerance_hz`` may be arrays broadcasting against the
+    spectrum without its frequency axis (one shaft speed per window).
+    Only the few bins around each target are read, not the whole spectrum.
     """
     spectrum = np.moveaxis(np.asarray(spectrum), axis, -1)
-    target = np.asarray(target_hz, dtype=np.float64)[..., None]
-    near = np.abs(freqs_hz - target) <= tolerance_hz
-    near = np.broadcast_to(near, spectrum.shape)
-    out = np.max(np.where(near, spectrum, -np.inf), axis=-1)
-    return np.where(np.isfinite(out), out, np.nan)
+    n, f0, df = spectrum.shape[-1], freqs_hz[0], freqs_hz[1] - freqs_hz[0]
+    target = np.broadcast_to(np.asarray(target_hz, dtype=np.float64), spectrum.shape[:-1])
+    tol = np.broadcast_to(np.asarray(tolerance_hz, dtype=np.float64), spectrum.shape[:-1])
+    known = np.isfinite(target) & np.isfinite(tol)
+    lo = np.clip(np.ceil((np.where(known, target - tol, 0.0) - f0) / df), 0, n)
+    hi = np.clip(np.floor((np.where(known, target + tol, -df) - f0) / df), -1, n - 1)
+    lo, hi = lo.astype(np.int64), hi.astype(np.int64)
+    width = max(1, int(np.max(hi - lo, initial=0)) + 1)
+    idx = lo[..., None] + np.arange(width)
+    values = np.take_along_axis(spectrum, np.minimum(idx, n - 1), axis=-1)
+    out = np.max(np.where(idx <= hi[..., None], values, -np.inf), axis=-1)
+    return np.where(known & (hi >= lo), out, np.nan)
 
 
 __all__ = ["analytic_bandpass", "envelope", "envelope_spectrum", "amplitude_spectrum",

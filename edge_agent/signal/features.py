@@ -26,7 +26,7 @@ from edge_agent.signal.envelope import (amplitude_near, amplitude_spectrum,
 from edge_agent.signal.bearing import FAULTS, FaultOrders
 from edge_agent.signal.spectrum import (band_rms_g, default_bands_hz, dominant_hz, peak_hz,
                                         spectral_centroid_hz, welch_psd)
-from edge_agent.signal.stats import _ratio, kurtosis, sustained_stats, time_features
+from edge_agent.signal.stats import _ratio, kurtosis, window_statistics
 from edge_agent.signal.velocity import DEFAULT_VELOCITY_BAND_HZ, iso_zone, velocity_rms_from_psd
 
 
@@ -108,8 +108,7 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
     n = x.shape[-1]
-    out = time_features(x)
-    out.update(sustained_stats(x, spec.sustained_blocks))
+    out = window_statistics(x, spec.sustained_blocks)
 
     nperseg = max(2, min(n // 4, int(round(fs_hz / spec.psd_resolution_hz))))
     freqs, psd = welch_psd(x, fs_hz, nperseg=nperseg, average=spec.psd_average)
@@ -143,7 +142,7 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
             f_hz = getattr(spec.fault_orders, name) * shaft_hz
             out[f"{name}_hz"] = f_hz
             tol = np.maximum(spec.fault_tolerance * f_hz, 1.5 * env_df)
-            amp = amplitude_near(ef, ea, f_hz, tol[..., None])
+            amp = amplitude_near(ef, ea, f_hz, tol)
             # A line closer to 0 Hz than three envelope bins (FTF in a 0.1 s
             # window) cannot be told from the envelope's own low-frequency hump.
             amp = np.where(f_hz >= max(3 * env_df, spec.envelope_min_hz), amp, np.nan)
