@@ -57,10 +57,10 @@ class IncrementalAutoencoder:
     True
     """
 
-    def __init__(self, n_features: int, *, hidden: int | None = None, batch_size: int = 16,
+    def __init__(self, n_features: int, *, hidden: int | None = None, batch_size: int = 32,
                  replay_capacity: int = 256, replay_ratio: float = 1.0,
                  baseline_epochs: int = 100,
-                 update_epochs: int = 2, learning_rate: float = 0.01, clip: float = 30.0,
+                 update_epochs: int = 1, learning_rate: float = 0.01, clip: float = 30.0,
                  threads: int = 1, seed: int = 0):
         self.n_features = n_features
         self.hidden = hidden or max(2, n_features // 3)
@@ -82,9 +82,13 @@ class IncrementalAutoencoder:
         return np.clip(np.atleast_2d(np.asarray(Z, dtype=np.float32)), -self.clip, self.clip)
 
     def _train(self, Z, epochs):
+        self.mlp_.batch_size = min(self.batch_size, len(Z))  # partial_fit uses it as given
         for _ in range(epochs):
             Z = Z[self._rng.permutation(len(Z))]
             self.mlp_.partial_fit(Z, Z)
+        # scikit-learn appends to loss_curve_ at every call: months of updates would
+        # grow it without bound
+        del self.mlp_.loss_curve_[:-100]
         self._serving = None  # re-export before the next score
 
     def fit(self, Z) -> "IncrementalAutoencoder":
@@ -109,19 +113,28 @@ class IncrementalAutoencoder:
         self._serving = None
         keep = self._rng.permutation(len(Z))[: self.replay_capacity // 2]
         self.anchor_ = Z[np.sort(keep)]
-        self.reservoir_ = np.empty((0, self.n_features), dtype=np.float32)
+        # allocated whole at once: bounded memory that does not creep up as it fills
+        self._reservoir = np.zeros((self.replay_capacity - len(self.anchor_), self.n_features),
+                                   dtype=np.float32)
+        self._filled = 0
         return self
 
+    @property
+    def reservoir_(self) -> np.ndarray:
+        """The healthy windows learned since the baseline that are kept for replay."""
+        return self._reservoir[:self._filled]
+
     def _add_to_reservoir(self, Z):
-        capacity = self.replay_capacity - self.replay_capacity // 2
+        capacity = len(self._reservoir)
         for z in Z:  # Vitter's algorithm R: every window seen is equally likely kept
             self.n_seen_ += 1
-            if len(self.reservoir_) < capacity:
-                self.reservoir_ = np.vstack([self.reservoir_, z[None]])
+            if self._filled < capacity:
+                self._reservoir[self._filled] = z
+                self._filled += 1
             else:
                 j = self._rng.integers(self.n_seen_)
                 if j < capacity:
-                    self.reservoir_[j] = z
+                    self._reservoir[j] = z
 
     def partial_fit(self, Z) -> "IncrementalAutoencoder":
         """One incremental update on healthy windows ``Z`` mixed with as many replayed."""

@@ -32,7 +32,9 @@ class ScoreHistory:
 
     def __init__(self, recent_capacity: int):
         self.anchor_ = np.empty(0)
-        self.recent_ = np.empty(recent_capacity)
+        # zeros, not empty: the whole buffer is resident from the start, so memory
+        # does not creep up for hours while it fills
+        self.recent_ = np.zeros(recent_capacity)
         self.n_recent_ = 0  # total appended; the ring holds the last ``capacity``
         self._fresh = 0
 
@@ -60,19 +62,30 @@ class ScoreHistory:
         return False
 
 
-def tail_model(history: np.ndarray, tail_fraction: float = TAIL_FRACTION):
+def _quantile_sorted(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (linear) of an already sorted array, without sorting again."""
+    position = q * (len(values) - 1)
+    below = int(position)
+    above = min(below + 1, len(values) - 1)
+    return float(values[below] + (values[above] - values[below]) * (position - below))
+
+
+def tail_model(history: np.ndarray, tail_fraction: float = TAIL_FRACTION, *,
+               is_sorted: bool = False):
     """Threshold ``u`` and scale ``beta`` of the exponential upper tail.
 
     ``beta`` is the median excess over ``u`` divided by ln 2 (for an exponential
     tail the median excess is ``beta ln 2``): unlike the mean excess, a few
     start-up transients in the baseline do not fatten the tail.
     """
-    u = float(np.quantile(history, 1.0 - tail_fraction))
-    excess = history[history > u] - u
-    spread = u - float(np.quantile(history, 0.5))
+    history = history if is_sorted else np.sort(history)
+    u = _quantile_sorted(history, 1.0 - tail_fraction)
+    excess = history[np.searchsorted(history, u, side="right"):] - u
+    spread = u - _quantile_sorted(history, 0.5)
     # A handful of excesses can be nearly equal; never let the tail be steeper
     # than the body of the distribution suggests.
-    beta = max(float(np.median(excess)) / np.log(2) if excess.size else 0.0, 0.5 * spread, 1e-9)
+    median_excess = _quantile_sorted(excess, 0.5) if excess.size else 0.0
+    beta = max(median_excess / np.log(2), 0.5 * spread, 1e-9)
     return u, beta
 
 
@@ -101,7 +114,7 @@ class TailCalibrator:
     def _model(self):
         if self._cache is None or self.history_.stale():
             history = np.sort(self.history_.values())
-            self._cache = (history, *tail_model(history))
+            self._cache = (history, *tail_model(history, is_sorted=True))
         return self._cache
 
     def surprise(self, score: float) -> float:

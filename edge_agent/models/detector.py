@@ -63,9 +63,9 @@ class DetectorConfig:
     restart_gap_s: float = 6 * 3600.0
     settle_windows: int = 12
     restart_budget: float = 0.25
-    hst_trees: int = 25
+    hst_trees: int = 10
     hst_min_windows: int = 64
-    ae_batch: int = 16
+    ae_batch: int = 32
     ae_replay: int = 256
     ae_baseline_epochs: int = 100
     risk: float = 1e-3
@@ -336,8 +336,9 @@ class ChannelDetector:
                 may_learn: bool = True, may_train: bool = True) -> Verdict:
         """Score one window and learn from it when allowed and healthy.
 
-        ``may_train`` false defers the costly model update (not the learning):
-        the agent is behind real time or over its CPU budget.
+        ``may_train`` false defers the costly model updates (not the learning):
+        the agent is behind real time or over its CPU budget. That includes fitting
+        a completed baseline, which then waits (still collecting) until allowed.
         """
         regime = self.regimes.assign(rpm) if rpm is not None and rpm >= self.config.stopped_rpm \
             else ("any" if rpm is None else None)
@@ -351,13 +352,17 @@ class ChannelDetector:
             model = self.models[regime] = RegimeModel(self.names, self.directions, self.config)
         restarted = gap is not None and gap > self.config.restart_gap_s
         if not model.fitted:
-            model.collect(x, {k: v for k, v in features.items()
-                              if isinstance(v, (int, float)) and not isinstance(v, bool)}, t_s,
-                          restarted)
+            # A complete baseline waits for its fit while updates are deferred; it keeps
+            # collecting meanwhile, up to twice its length.
+            collect = model.baseline.n_collected < 2 * self.config.baseline_windows
+            if collect:
+                model.collect(x, {k: v for k, v in features.items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                              t_s, restarted)
             progress = model.progress()
-            if progress >= 1.0:
+            if progress >= 1.0 and may_train:
                 model.fit()
-            return Verdict("baselining", progress, regime, learned=True)
+            return Verdict("baselining", progress, regime, learned=collect)
         if restarted and may_learn:
             model.settling = []
         if model.settling is not None:
@@ -365,10 +370,14 @@ class ChannelDetector:
         z, raw, surprise, combined = model.score(x)
         threshold = model.threshold.threshold_
         learned = may_learn and combined < self.config.learn_fraction * threshold
+        magnitude = model.magnitude()
+        anomalous = combined >= threshold and magnitude >= self.config.min_change_ratio
+        # The explanation is read only by alerts: worth building when this window is
+        # anomalous or the machine is already in warning or alarm (may_learn false).
+        explain = model.contributions(x, z) if anomalous or not may_learn else ()
         verdict = Verdict("monitoring", 1.0, regime, combined, threshold,
-                          model.threshold.alarm_threshold_, learned, surprise,
-                          model.contributions(x, z), model.magnitude(),
-                          self.config.min_change_ratio)
+                          model.threshold.alarm_threshold_, learned, surprise, explain,
+                          magnitude, self.config.min_change_ratio)
         if learned:
             model.learn(x, z, raw, combined, may_train)
         return verdict
