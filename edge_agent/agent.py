@@ -11,6 +11,7 @@ taken between units, so a restart resumes from one consistent moment.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -26,6 +27,9 @@ from edge_agent.state import StateStore
 from edge_agent.windowing import Windower, featurize
 
 log = logging.getLogger(__name__)
+
+#: The CPU budget of model updates is measured over about this long.
+BUDGET_WINDOW_S = 30.0
 
 
 class Agent:
@@ -60,7 +64,8 @@ class Agent:
         self._inbox_lock = threading.Lock()
         self._wake = threading.Event()
         self._specs: dict[str, FeatureSpec] = {}
-        self._train_s = self._work_s = 0.0
+        self._train_s = 0.0  # recent time spent on model updates (fading, 30 s constant)
+        self._accounted_at = time.monotonic()
         self.publisher = self.outbox = self.topics = None
 
     # -- configuration ----------------------------------------------------------------------------
@@ -69,8 +74,10 @@ class Agent:
             id=machine, learning=self.config.learning, alerts=self.config.alerts)
 
     def known(self, machine: str) -> bool:
-        return (self.config.machine(machine) is not None or self.config.accept_unknown_machines
-                or self.config.replay is not None)
+        """Whether this process handles ``machine`` (configured or accepted, and its worker's)."""
+        return self.config.owns(machine) and (
+            self.config.machine(machine) is not None or self.config.accept_unknown_machines
+            or self.config.replay is not None)
 
     def spec_for(self, machine: str) -> FeatureSpec:
         if machine not in self._specs:
@@ -153,8 +160,8 @@ class Agent:
 
     # -- processing (the processing thread only) -------------------------------------------------
     def may_train(self, live: bool) -> bool:
-        """Whether model updates may run now: not when live frames are behind real time or
-        updates took more than their share of processing time.
+        """Whether model updates may run now: not when live frames are behind real time, nor
+        when updates used more than ``learn_budget`` of a core over the last half minute.
 
         Recordings are never deferred: replaying them must give the same result every
         time (a restart after a crash resumes a replay and must raise the same alerts).
@@ -164,7 +171,15 @@ class Agent:
         c = self.config.resources
         if self.lag_s is not None and self.lag_s > c.max_lag_s:
             return False
-        return self._work_s == 0 or self._train_s / self._work_s <= c.learn_budget
+        return self._recent_training_s() / BUDGET_WINDOW_S <= c.learn_budget
+
+    def _recent_training_s(self, add_s: float = 0.0) -> float:
+        """Seconds of model updates in the recent past (older ones fade, 30 s constant)."""
+        now = time.monotonic()
+        self._train_s = self._train_s * math.exp(-(now - self._accounted_at) / BUDGET_WINDOW_S)
+        self._train_s += add_s
+        self._accounted_at = now
+        return self._train_s
 
     def process(self, items, live: bool = True) -> list[dict]:
         """Window, featurize, score and alert on ``items``; returns the alerts raised.
@@ -173,13 +188,14 @@ class Agent:
         """
         from edge_agent.ingest import PayloadError, check_frame
 
-        t0 = time.perf_counter()
         alerts, windows, records = [], [], []
         for item in items:
             if isinstance(item, tuple) and item[0] == "rebaseline":
                 alerts += self._score(windows, records, live)
                 windows, records = [], []
                 self.rebaseline(item[1])
+            elif not self.config.owns(item.machine):
+                continue  # another worker's machine (a replay is read by every worker)
             elif isinstance(item, Frame):
                 if not live:  # live frames were checked (and counted) when decoded
                     try:
@@ -198,7 +214,6 @@ class Agent:
             elif isinstance(item, FeatureRecord):
                 records.append(item)
         alerts += self._score(windows, records, live)
-        self._work_s += time.perf_counter() - t0
         return alerts
 
     def _score(self, windows, records, live: bool) -> list[dict]:
@@ -212,7 +227,8 @@ class Agent:
             train = self.may_train(live)
             t = time.perf_counter()
             verdict, alert = self.pipeline.process(rec, index, may_train=train)
-            self._train_s += (time.perf_counter() - t) if train else 0.0
+            if train:
+                self._recent_training_s(time.perf_counter() - t)
             # a learned monitoring window whose model update had to wait
             self.stats["deferred_updates"] += (not train and verdict["learned"]
                                                and verdict["phase"] == "monitoring")

@@ -33,6 +33,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _worker(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
+    return index, count
+
+
 def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("recordings", nargs="+", metavar="RECORDING",
                    help="recording files or directories, in time order (CWRU .mat, IMS "
@@ -123,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="FILE", help="agent TOML configuration")
     p.add_argument("--exit-after-replay", action="store_true",
                    help="with a [replay] table: stop once the recordings are processed")
+    p.add_argument("--worker", type=_worker, metavar="I/N",
+                   help="run as worker I of N (started by the agent itself when "
+                        "[resources] workers = N)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("config", help="check a configuration file")

@@ -88,9 +88,10 @@ class ReplayConfig:
 @dataclass(frozen=True)
 class ResourcesConfig:
     queue_frames: int = 10_000  # frames waiting for processing before the oldest are dropped
-    learn_budget: float = 0.5  # share of processing time model updates may take
+    learn_budget: float = 0.5  # share of one core model updates may use (over ~30 s)
     max_lag_s: float = 60.0  # behind real time by more than this: updates are deferred
     status_every_s: float = 30.0
+    workers: int = 1  # processes sharing the machines (one per core); see edge_agent.service
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,37 @@ class AgentConfig:
     machines: tuple[MachineConfig, ...] = ()
     replay: ReplayConfig | None = None
     source: Path | None = field(default=None, compare=False)
+    shard: tuple[int, int] | None = None  # (index, count) of a worker process
+
+    def owns(self, machine: str) -> bool:
+        """Whether this process handles ``machine`` (always, unless it is one of several workers)."""
+        return self.shard is None or shard_of(machine, self.shard[1]) == self.shard[0]
+
+    @property
+    def mqtt_id(self) -> str:
+        """This process's identity on the bus (a worker adds its number to the agent id)."""
+        return self.id if self.shard is None else f"{self.id}-w{self.shard[0]}"
 
     def machine(self, machine_id: str) -> MachineConfig | None:
         return next((m for m in self.machines if m.id == machine_id), None)
+
+
+def shard_of(machine: str, count: int) -> int:
+    """The worker that owns ``machine``: stable across restarts and Python versions.
+
+    >>> shard_of("pump-7", 1), shard_of("pump-7", 4) == shard_of("pump-7", 4)
+    (0, True)
+    """
+    import zlib
+
+    return zlib.crc32(machine.encode()) % count
+
+
+def for_worker(config: "AgentConfig", index: int, count: int) -> "AgentConfig":
+    """The configuration of worker ``index`` of ``count``: its machines, its own state."""
+    return dataclasses.replace(
+        config, shard=(index, count), state_dir=config.state_dir / f"worker-{index}",
+        machines=tuple(m for m in config.machines if shard_of(m.id, count) == index))
 
 
 # -- building dataclasses from TOML tables ---------------------------------------------------------
@@ -285,10 +314,12 @@ def parse_config(text: str, source: Path | None = None, environ=os.environ) -> A
             machines=machines,
             replay=build(ReplayConfig, doc["replay"], "replay") if "replay" in doc else None,
             source=source)
-        config = build(AgentConfig, agent, "agent", config)
+        config = build(AgentConfig, agent, "agent", config, skip=("shard",))
         if not NAME.match(config.id):
             raise ConfigError(f"agent.id: {config.id!r} must match [a-z0-9_.-]+ (it becomes an "
                               "MQTT topic level)")
+        if config.resources.workers < 1:
+            raise ConfigError("resources.workers: at least 1 (one process per core to use)")
         if config.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("agent.log_level: use debug, info, warning or error")
         for name in ("prefix", "site", "area"):

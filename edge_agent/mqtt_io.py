@@ -23,6 +23,8 @@ def _limits_for(agent, machine: str, channel: str):
 
 
 def _channel_allowed(agent, machine: str, channel: str) -> bool:
+    if not agent.config.owns(machine):
+        return False
     m = agent.config.machine(machine)
     if m is None:
         return agent.config.accept_unknown_machines
@@ -53,6 +55,8 @@ def ingest_message(agent, topic: str, payload: bytes) -> None:
     except TopicError as exc:
         agent.rejections.rejected_topic(str(exc))
         return
+    if not agent.config.owns(ref.machine):
+        return  # another worker's machine: it counts it
     if ref.kind in ("raw", "features") and not _channel_allowed(agent, ref.machine, ref.channel):
         agent.rejections.rejected(ref.machine, ref.channel, "bad_topic",
                                   "machine or channel not in the configuration")
@@ -75,7 +79,7 @@ def connect_agent(agent) -> None:
                           max_messages=config.outbox.max_messages,
                           max_age_s=config.outbox.max_age_days * 86400.0,
                           max_dead_letters=config.outbox.max_dead_letters)
-    agent.publisher = Publisher(config.mqtt, agent.outbox, topics, config.id,
+    agent.publisher = Publisher(config.mqtt, agent.outbox, topics, config.mqtt_id,
                                 machines=[m.id for m in config.machines])
 
     def on_rebaseline(topic: str, payload: bytes) -> None:
@@ -129,4 +133,4 @@ def publish_status(agent) -> None:
     for machine in sorted(known):
         agent.publisher.publish_status(agent.topics.machine_status(machine),
                                        machine_status(agent, machine))
-    agent.publisher.publish_agent_status(lag_s=agent.lag_s)
+    agent.publisher.publish_agent_status(lag_s=agent.lag_s, processing=agent.stats)

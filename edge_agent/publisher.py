@@ -143,9 +143,12 @@ class Publisher:
         self._statuses.set(topic, dumps(doc).encode())
         self._events.put(("kick",))
 
-    def publish_agent_status(self, lag_s: float | None = None) -> None:
-        """Publish the retained ``online`` agent status with current outbox and MQTT counters."""
-        self.publish_status(self.status_topic, self._agent_status("online", lag_s=lag_s))
+    def publish_agent_status(self, lag_s: float | None = None,
+                             processing: dict | None = None) -> None:
+        """Publish the retained ``online`` agent status with current outbox and MQTT counters
+        (and the caller's processing counters)."""
+        self.publish_status(self.status_topic, self._agent_status("online", lag_s=lag_s,
+                                                                  processing=processing))
 
     def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None],
                   qos: int = 1, *, retained: bool = False) -> None:
@@ -409,7 +412,7 @@ class Publisher:
 
     # -- helpers -------------------------------------------------------------------------------
     def _agent_status(self, status: str, *, reason: str | None = None, with_ts: bool = True,
-                      lag_s: float | None = None) -> dict:
+                      lag_s: float | None = None, processing: dict | None = None) -> dict:
         counters = self.counters() if with_ts else None
         mqtt = None if counters is None else {
             "protocol": self.settings.protocol, "connected": self.connected,
@@ -418,7 +421,7 @@ class Publisher:
                                 ts_s=self._clock() if with_ts else None, started_s=self.started_s,
                                 machines=self.machines,
                                 outbox=self.outbox.status() if with_ts else None, mqtt=mqtt,
-                                lag_s=lag_s)
+                                lag_s=lag_s, processing=processing)
 
     def _properties(self):
         if self.settings.protocol != "5":

@@ -5,6 +5,14 @@ the outbox, connect (retrying in the background). Run until SIGTERM or SIGINT,
 then write a checkpoint, publish ``offline`` and leave what is undelivered in
 the outbox for the next start. Exit codes: 0 clean stop, 2 configuration or
 usage error, 1 anything unexpected (logged with its traceback).
+
+With ``[resources] workers = N`` (N > 1, one per core of a multi-core gateway)
+this process only supervises: it starts N workers (``edge-agent run --worker
+i/N``), each owning the machines whose name hashes to it, with its own state
+directory (``state_dir/worker-i``), outbox and MQTT identity (``<id>-w<i>``);
+it forwards SIGTERM and restarts a worker that dies. Alert ids keep the agent's
+id, so they are the same as one process would raise. Changing N moves machines
+between workers: those learn their baselines again.
 """
 
 from __future__ import annotations
@@ -23,8 +31,15 @@ def run_command(args) -> int:
     from edge_agent.logs import setup_logging
     from edge_agent.sources import ReplaySource
 
+    from edge_agent.config import for_worker
+
     config = load_config(args.config)
     setup_logging(config.log_level)
+    if args.worker:
+        index, count = args.worker
+        config = for_worker(config, index, count)
+    elif config.resources.workers > 1:
+        return supervise(args, config.resources.workers)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
 
@@ -56,3 +71,49 @@ def run_command(args) -> int:
     agent.close()
     log.info("edge-agent stopped", extra={"event": "stop", **agent.stats})
     return 0
+
+
+def supervise(args, count: int) -> int:
+    """Run ``count`` workers until SIGTERM; restart any that dies (with a growing pause)."""
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "edge_agent", "run", "--config", str(args.config)]
+    if args.exit_after_replay:
+        command.append("--exit-after-replay")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    workers: dict[int, subprocess.Popen] = {}
+    restarts = {i: 0 for i in range(count)}
+    done: set[int] = set()
+
+    def start(i):
+        workers[i] = subprocess.Popen(command + ["--worker", f"{i}/{count}"])
+        log.info("worker started", extra={"event": "worker_start", "worker": i,
+                                          "pid": workers[i].pid})
+
+    for i in range(count):
+        start(i)
+    while not stopping.is_set() and len(done) < count:
+        time.sleep(0.2)
+        for i, proc in list(workers.items()):
+            code = proc.poll()
+            if code is None or i in done:
+                continue
+            if code == 0:
+                done.add(i)  # finished its replay (--exit-after-replay)
+                continue
+            restarts[i] += 1
+            log.error("worker died; restarting it", extra={
+                "event": "worker_died", "worker": i, "exit_code": code,
+                "restarts": restarts[i]})
+            time.sleep(min(2.0 ** restarts[i], 60.0))
+            start(i)
+    for proc in workers.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    codes = [proc.wait() for proc in workers.values()]
+    log.info("workers stopped", extra={"event": "stop", "exit_codes": codes})
+    return 0 if all(c == 0 for c in codes) else 1

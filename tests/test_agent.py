@@ -261,3 +261,33 @@ def test_agent_status_and_last_will(broker, tmp_path):
     femto = [d for d in machine_docs if d["machine"] == "femto-bearing1_2"][-1]
     assert femto["channels"]["horizontal"]["sensor_health"] == "ok"
     assert femto["channels"]["horizontal"]["windows"] > 0
+
+
+def test_two_workers_share_the_machines_and_raise_the_same_alerts(broker, tmp_path):
+    from edge_agent.config import shard_of
+
+    path = write_config(tmp_path, broker, speed=600.0)
+    path.write_text(path.read_text().replace("[resources]\n", "[resources]\nworkers = 2\n"))
+    config = load_config(path)
+    assert {shard_of("femto-bearing1_2", 2), shard_of("cwru", 2)} == {0, 1}
+    offline = Agent(replace(config, state_dir=tmp_path / "offline"))
+    offline.run(threading.Event(), ReplaySource(config.replay.paths), exit_when_done=True)
+    expected = {a["id"] for a in offline.recent_alerts}
+    subscriber = Subscriber(broker, tmp_path, "ops-workers")
+    time.sleep(1.0)
+    supervisor = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config",
+                                   str(path), "--exit-after-replay"], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(4.0)  # then worker 0 dies; the supervisor starts it again and it resumes
+    killed = subprocess.run(["pkill", "-KILL", "-f", "worker 0/2"]).returncode == 0
+    out, _ = supervisor.communicate(timeout=300)
+    subscriber.wait_for(expected, 30)
+    subscriber.stop()
+    assert supervisor.returncode == 0, out[-3000:]
+    assert {a["id"] for a in subscriber.lines} == expected  # same ids as one process
+    assert killed and log_events(out, "worker_died")
+    state = tmp_path / "state"
+    assert sorted(p.name for p in state.iterdir()) == ["worker-0", "worker-1"]
+    assert list((state / "worker-0" / "checkpoints").glob("femto-bearing1_2.*.ckpt"))
+    assert list((state / "worker-1" / "checkpoints").glob("cwru.*.ckpt"))
+    assert not list((state / "worker-0" / "checkpoints").glob("cwru.*"))

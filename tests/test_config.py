@@ -24,7 +24,7 @@ SECTIONS = {"agent": AgentConfig, "mqtt": MqttSettings, "topics": TopicsConfig,
             "alerts": AlertPolicy, "resources": ResourcesConfig, "[machine]": MachineConfig,
             "replay": ReplayConfig}
 NOT_KEYS = {"agent": {"mqtt", "topics", "outbox", "limits", "learning", "alerts", "resources",
-                      "machines", "replay", "source"}}
+                      "machines", "replay", "source", "shard"}}
 
 MINIMAL = """
 [agent]

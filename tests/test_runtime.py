@@ -229,22 +229,45 @@ def test_incompatible_or_unreadable_manifest_means_a_fresh_start(tmp_path):
 # -- falling behind ---------------------------------------------------------------------------------
 
 def test_model_updates_wait_while_behind_real_time_and_scoring_never_does(tmp_path):
-    agent = make_agent(tmp_path)
-    hour_ago = time.time() - 3600
-    frames = [frame(hour_ago + k * 0.2, offset=k * 9600 % 230000) for k in range(24)]
-    agent.process(frames[:20], live=True)  # the baseline
-    agent.process(frames[20:], live=True)
-    assert agent.lag_s > 3000 and agent.stats["deferred_updates"] == 4
-    assert all(agent.channel_view[("pump-7", "de")]["score"] is not None for _ in [0])
-    ae = agent.pipeline.detectors[("pump-7", "de")].models["1796rpm"].learners[4]
-    waiting = len(ae._pending)
+    from edge_agent.config import ResourcesConfig
+
+    agent = make_agent(tmp_path, resources=ResourcesConfig(learn_budget=1.0))  # lag rule only
     now = time.time()
-    agent.process([frame(now - 0.4 + k * 0.2, offset=k * 9600) for k in range(2)], live=True)
-    assert agent.lag_s < 5 and len(ae._pending) <= waiting + 2
-    # recordings are never deferred: a replay must give the same result every time
+    agent.process([frame(now - 5 + k * 0.2, offset=k * 9600) for k in range(20)], live=True)
+    model = agent.pipeline.detectors[("pump-7", "de")].models["1796rpm"]
+    assert model.fitted  # learned in real time
+    # The agent falls an hour behind (a backlog after an outage): every window is still
+    # scored, but model updates wait.
+    hour_ago = now - 3600
+    agent.process([frame(hour_ago + k * 0.2, offset=k * 9600 % 230000) for k in range(40)],
+                  live=True)
+    assert agent.lag_s > 3000 and agent.stats["deferred_updates"] >= 30
+    assert agent.channel_view[("pump-7", "de")]["score"] is not None
+    ae = model.learners[4]
+    assert 30 <= len(ae._pending) <= 4 * ae.batch_size  # healthy windows wait, bounded
+    waiting, updates = len(ae._pending), ae.n_updates_
+    agent.process([frame(time.time() - 0.2, offset=96000)], live=True)  # caught up
+    assert agent.lag_s < 5 and ae.n_updates_ > updates and len(ae._pending) < waiting
+    # Recordings are never deferred: a replay must give the same result every time.
     replay = make_agent(tmp_path / "replay")
-    replay.process(frames, live=False)
+    replay.process([frame(hour_ago + k * 0.2, offset=k * 9600) for k in range(24)], live=False)
     assert replay.stats["deferred_updates"] == 0
+    assert replay.pipeline.detectors[("pump-7", "de")].models["1796rpm"].fitted
+
+
+def test_a_complete_baseline_waits_for_its_fit_while_behind(tmp_path):
+    from edge_agent.config import ResourcesConfig
+
+    agent = make_agent(tmp_path, resources=ResourcesConfig(learn_budget=1.0))
+    hour_ago = time.time() - 3600
+    agent.process([frame(hour_ago + k * 0.2, offset=k * 9600 % 230000) for k in range(30)],
+                  live=True)
+    model = agent.pipeline.detectors[("pump-7", "de")].models["1796rpm"]
+    view = agent.channel_view[("pump-7", "de")]
+    assert not model.fitted and view["phase"] == "baselining" and view["baseline_progress"] == 1
+    assert model.baseline.n_collected == 30  # still collecting (up to twice the baseline)
+    agent.process([frame(time.time() - 0.2, offset=0)], live=True)
+    assert model.fitted
 
 
 # -- no egress --------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ def load_schema(name: str) -> dict:
 def agent_status_doc(agent: str, status: str, version: str, *, reason: str | None = None,
                      ts_s: float | None = None, started_s: float | None = None,
                      machines: Iterable[str] | None = None, outbox: Mapping | None = None,
-                     mqtt: Mapping | None = None, lag_s: float | None = None) -> dict:
+                     mqtt: Mapping | None = None, lag_s: float | None = None,
+                     processing: Mapping | None = None) -> dict:
     """An ``edge-agent/agent-status/1`` document; optional parts are left out when ``None``.
 
     >>> agent_status_doc("gw-1", "offline", "0.1.0", reason="connection_lost")["status"]
@@ -71,6 +72,8 @@ def agent_status_doc(agent: str, status: str, version: str, *, reason: str | Non
         doc["mqtt"] = dict(mqtt)
     if lag_s is not None:
         doc["lag_s"] = lag_s
+    if processing is not None:
+        doc["processing"] = {k: int(v) for k, v in processing.items()}
     return doc
 
 
