@@ -4,7 +4,7 @@ The autoencoder is re-exported after every incremental update, so export speed
 matters. The graph of a scikit-learn ``MLPRegressor`` is a chain of
 MatMul, Add and activation nodes; building it directly with :mod:`onnx.helper`
 takes about 0.05 ms where ``skl2onnx.convert_sklearn`` takes about 8 ms (see
-``benchmarks/onnx_serving.py``). :func:`export_with_skl2onnx` is kept as the
+``benchmarks/hand_vs_library.py``). :func:`export_with_skl2onnx` is kept as the
 reference the hand-built graph is tested against.
 
 Two details are easy to get wrong and are handled here:
