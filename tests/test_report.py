@@ -14,7 +14,8 @@ import pytest
 
 from edge_agent.cli import build_parser, main as cli_main
 from edge_agent.errors import UsageError
-from edge_agent.report import add_report_parser, epoch_s, report_command
+from edge_agent.report import add_report_parser, report_command
+from edge_agent.report_input import epoch_s
 from tests.conftest import REPO, SAMPLE_DATA
 
 FEMTO = SAMPLE_DATA / "femto" / "femto_learning_Bearing1_2.npz"
