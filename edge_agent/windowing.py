@@ -27,6 +27,8 @@ from edge_agent.signal.windows import sliding_windows
 log = logging.getLogger(__name__)
 _OFFSET = re.compile(r"@(\d+)$")
 
+#: Most windows in one call of ``extract_features`` (see :func:`featurize`).
+FEATURE_BATCH = 32
 #: No window is shorter: spectra and sub-block statistics need samples.
 MIN_WINDOW_SAMPLES = 256
 
@@ -138,8 +140,10 @@ def featurize(windows: Iterable[Window],
     """Feature records for ``windows``, in their order.
 
     Windows of equal sample rate, length and feature spec are stacked and go
-    through :func:`~edge_agent.signal.features.extract_features` in one call,
-    which is where batching across channels pays.
+    through :func:`~edge_agent.signal.features.extract_features` in batches of
+    up to :data:`FEATURE_BATCH`: batching across channels pays, but a batch of
+    hundreds of 1-s windows no longer fits the CPU's caches and is slower per
+    window (``benchmarks/throughput.py``).
     """
     windows = list(windows)
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -147,7 +151,9 @@ def featurize(windows: Iterable[Window],
         key = (w.fs_hz, w.samples.size, spec_for(w.machine, w.channel), w.rpm is not None)
         groups[key].append(i)
     records: list[FeatureRecord | None] = [None] * len(windows)
-    for (fs_hz, _, spec, speed_known), idx in groups.items():
+    chunks = [(key, idx[k:k + FEATURE_BATCH]) for key, idx in groups.items()
+              for k in range(0, len(idx), FEATURE_BATCH)]
+    for (fs_hz, _, spec, speed_known), idx in chunks:
         batch = np.stack([windows[i].samples for i in idx])
         rpm = np.array([windows[i].rpm for i in idx], dtype=np.float64) if speed_known else None
         try:

@@ -68,6 +68,8 @@ def test_iso_zone_boundaries():
     ((2, 9000, 2), 1, 1000, 999, np.float64, "mean"),
     ((4, 25600), -1, 6400, None, np.float64, "median"),
     ((3, 9000), -1, 1000, 250, np.float32, "median"),
+    ((3, 40), -1, 2, None, np.float64, "mean"),  # the mean's correction at the smallest sizes
+    ((3, 41), -1, 3, 1, np.float64, "mean"),
 ])
 def test_batched_welch_matches_scipy(shape, axis, nperseg, noverlap, dtype, average):
     rng = np.random.default_rng(7)

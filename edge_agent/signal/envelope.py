@@ -56,9 +56,7 @@ def analytic_bandpass(x, fs_hz: float, band_hz, axis: int = -1):
     shape = [1] * x.ndim
     shape[axis] = half.shape[axis]
     spectrum = half * gain.reshape(shape).astype(half.real.dtype)
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (0, n - half.shape[axis])
-    return scipy.fft.ifft(np.pad(spectrum, pad), axis=axis)
+    return scipy.fft.ifft(spectrum, n=n, axis=axis)  # zero-padded: no negative frequencies
 
 
 def envelope(x, fs_hz: float, band_hz, axis: int = -1):

@@ -26,7 +26,7 @@ from edge_agent.signal.envelope import (amplitude_near, amplitude_spectrum,
 from edge_agent.signal.bearing import FAULTS, FaultOrders
 from edge_agent.signal.spectrum import (band_rms_g, default_bands_hz, dominant_hz, peak_hz,
                                         spectral_centroid_hz, welch_psd)
-from edge_agent.signal.stats import _ratio, kurtosis, window_statistics
+from edge_agent.signal.stats import _central_moments, _ratio, window_statistics
 from edge_agent.signal.velocity import DEFAULT_VELOCITY_BAND_HZ, iso_zone, velocity_rms_from_psd
 
 
@@ -124,10 +124,10 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
 
     band = spec.envelope_band_hz or default_envelope_band_hz(fs_hz)
     env = envelope(x, fs_hz, band)
-    env_mean = env.mean(axis=-1, keepdims=True, dtype=np.float64)
-    out["env_rms_g"] = np.sqrt(np.mean((env - env_mean) ** 2, axis=-1, dtype=np.float64))
-    out["env_kurtosis"] = kurtosis(env)
-    out["env_mean_g"] = np.squeeze(env_mean, -1)
+    env_mean, _, env_m2, _, env_m4 = _central_moments(env, -1)
+    out["env_rms_g"] = np.sqrt(env_m2)
+    out["env_kurtosis"] = _ratio(env_m4, env_m2 * env_m2)
+    out["env_mean_g"] = env_mean
     ef, ea = amplitude_spectrum(env, fs_hz)
     out["env_peak_hz"] = peak_hz(ef, ea, min_hz=spec.envelope_min_hz, max_hz=spec.envelope_max_hz)
 

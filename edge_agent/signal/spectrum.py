@@ -19,6 +19,8 @@ along ``axis``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.fft
 
@@ -52,8 +54,21 @@ def band_name(lo_hz: float, hi_hz: float) -> str:
 
 
 def hann(n: int, dtype=np.float64) -> np.ndarray:
-    """Periodic Hann window (the DFT-even form that Welch's method uses)."""
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(dtype)
+    """Periodic Hann window (the DFT-even form that Welch's method uses), read-only.
+
+    >>> hann(4)
+    array([0. , 0.5, 1. , 0.5])
+    """
+    return _hann(n, np.dtype(dtype).str)
+
+
+@functools.lru_cache(maxsize=32)
+def _hann(n: int, dtype: str) -> np.ndarray:
+    # A window of the full length costs about a tenth of its FFT to build; the
+    # same few lengths come back for every window, so they are built once.
+    w = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(dtype)
+    w.setflags(write=False)
+    return w
 
 
 def _median_bias(n: int) -> float:
@@ -102,9 +117,14 @@ def welch_psd(x, fs_hz: float, *, nperseg: int | None = None,
     if nperseg < 2 or step < 1:
         raise ValueError(f"need nperseg >= 2 and noverlap < nperseg, got {nperseg}, {noverlap}")
     segments = np.lib.stride_tricks.sliding_window_view(x, nperseg, axis=-1)[..., ::step, :]
+    # Removing each segment's mean before the Hann window equals removing it from
+    # the spectrum afterwards, where it touches only bins 0 and 1 (the periodic
+    # Hann window's DFT is N/2 at 0 and -N/4 at ±1): one pass over the data saved.
     window = hann(nperseg, x.dtype)
-    segments = (segments - segments.mean(axis=-1, keepdims=True)) * window
-    spectra = scipy.fft.rfft(segments, axis=-1)
+    spectra = scipy.fft.rfft(segments * window, axis=-1)
+    means = segments.mean(axis=-1)
+    spectra[..., 0] -= means * (nperseg / 2)
+    spectra[..., 1] += means * (nperseg / 4 if nperseg > 2 else nperseg / 2)  # 2: k=1 is k=-1
     power = spectra.real**2 + spectra.imag**2
     if average == "robust":
         energy = power.sum(axis=-1, keepdims=True)

@@ -30,17 +30,16 @@ def _float(x):
 def _central_moments(x, axis):
     """Return mean, centred samples and the 2nd, 3rd and 4th central moments.
 
-    Element-wise work stays in the data's precision (float32 halves the memory
-    traffic); every sum accumulates in float64.
+    Element-wise work and the (pairwise) sums stay in the data's precision:
+    float32 halves the memory traffic, and a float64 accumulator would cost a
+    cast of every element. The centred samples' residual mean is corrected for.
     """
-    x = _float(x)
-    mean = np.mean(x, axis=axis, dtype=np.float64, keepdims=True)
+    x = np.moveaxis(_float(x), axis, -1)
+    n = x.shape[-1]
+    mean = x.sum(axis=-1, keepdims=True).astype(np.float64) / n
     centred = x - mean.astype(x.dtype)
-    c2 = centred * centred
-    m2 = np.mean(c2, axis=axis, dtype=np.float64)
-    m3 = np.mean(c2 * centred, axis=axis, dtype=np.float64)
-    m4 = np.mean(c2 * c2, axis=axis, dtype=np.float64)
-    return np.squeeze(mean, axis=axis), centred, m2, m3, m4
+    d, m2, m3, m4 = _moments_from_sums(*_power_sums(centred), n)
+    return np.squeeze(mean, -1) + d, np.moveaxis(centred, -1, axis), m2, m3, m4
 
 
 def _power_sums(c):
