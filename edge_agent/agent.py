@@ -52,13 +52,15 @@ class Agent:
         self.windowers: dict[str, Windower] = {}
         self.indices: dict[tuple[str, str], int] = {}
         self.channel_view: dict[tuple[str, str], dict] = {}  # latest verdict, for status
+        self._skipped_channels: set[tuple[str, str]] = set()
         self.last_alert: dict[str, dict] = {}
         self.recent_alerts: deque[dict] = deque(maxlen=1000)
         self.rejections = RejectionCounter()
         self.store = StateStore(config.state_dir)
         self.replay_position = 0
         self.stats = {"frames": 0, "windows": 0, "alerts": 0, "dropped_frames": 0,
-                      "deferred_updates": 0, "checkpoints": 0, "processing_errors": 0}
+                      "deferred_updates": 0, "checkpoints": 0, "processing_errors": 0,
+                      "skipped_items": 0}
         self.lag_s: float | None = None
         self._inbox: deque = deque()
         self._inbox_lock = threading.Lock()
@@ -78,6 +80,19 @@ class Agent:
         return self.config.owns(machine) and (
             self.config.machine(machine) is not None or self.config.accept_unknown_machines
             or self.config.replay is not None)
+
+    def channel_configured(self, machine: str, channel: str) -> bool:
+        """False for a channel its machine's ``channels`` list leaves out (none listed: any)."""
+        m = self.config.machine(machine)
+        return m is None or not m.channels or any(c.name == channel for c in m.channels)
+
+    def _skip_channel(self, machine: str, channel: str) -> None:
+        # A recording's other channels (MQTT frames of one are refused at ingestion).
+        if (machine, channel) not in self._skipped_channels:
+            self._skipped_channels.add((machine, channel))
+            log.info("channel not configured; its windows are skipped", extra={
+                "event": "channel_skipped", "machine": machine, "channel": channel})
+        self.stats["skipped_items"] += 1
 
     def spec_for(self, machine: str) -> FeatureSpec:
         if machine not in self._specs:
@@ -196,6 +211,8 @@ class Agent:
                 self.rebaseline(item[1])
             elif not self.config.owns(item.machine):
                 continue  # another worker's machine (a replay is read by every worker)
+            elif not live and not self.channel_configured(item.machine, item.channel):
+                self._skip_channel(item.machine, item.channel)
             elif isinstance(item, Frame):
                 if not live:  # live frames were checked (and counted) when decoded
                     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -20,7 +21,7 @@ from edge_agent.frame import Frame
 from edge_agent.ingest import HEADER, REASONS, encode_raw, encode_raw_json
 from edge_agent.mqtt_io import ingest_message, machine_status
 from edge_agent.schema import load_schema
-from tests.conftest import load_cwru_de
+from tests.conftest import SAMPLE_DATA, load_cwru_de
 
 CONFIG = """
 [agent]
@@ -335,3 +336,19 @@ def test_the_agent_connects_to_the_broker_and_nowhere_else(tmp_path):
     assert not [e for e, _, _ in events if e in ("urllib.Request", "http.client.connect",
                                                  "subprocess.Popen", "os.system",
                                                  "socket.sendto")]
+
+
+def test_a_recording_feeds_only_the_configured_channels(tmp_path):
+    # CWRU files hold drive-end and fan-end channels; pump-7 lists "de" and "fe", so
+    # restricting it to "de" must leave the fan end out (as MQTT frames of it are refused).
+    from edge_agent.config import MachineConfig
+    from edge_agent.sources import ReplaySource
+
+    agent = make_agent(tmp_path)
+    only_de = replace(agent.config.machines[0], channels=agent.config.machines[0].channels[:1])
+    assert isinstance(only_de, MachineConfig) and [c.name for c in only_de.channels] == ["de"]
+    agent = make_agent(tmp_path, machines=(only_de,))
+    source = ReplaySource([SAMPLE_DATA / "cwru" / "normal_0_97.mat"], machine="pump-7")
+    agent.run(threading.Event(), source, exit_when_done=True)
+    assert {c for m, c in agent.channel_view} == {"de"}
+    assert agent.stats["skipped_items"] > 0 and agent.stats["windows"] > 0
