@@ -8,7 +8,7 @@ defaults cannot drift from the code. ``docs/configuration.md`` documents every
 key and ``deploy/agent.example.toml`` shows them all; a test keeps the three in step.
 
 Secrets may come from the environment instead of the file:
-``EDGE_AGENT_MQTT_USERNAME``, ``EDGE_AGENT_MQTT_PASSWORD`` and
+``EDGE_AGENT_MQTT_HOST``, ``EDGE_AGENT_MQTT_USERNAME``, ``EDGE_AGENT_MQTT_PASSWORD`` and
 ``EDGE_AGENT_MQTT_PASSWORD_FILE`` override ``[mqtt]``.
 """
 
@@ -29,8 +29,8 @@ from edge_agent.errors import UsageError
 from edge_agent.models.detector import DetectorConfig
 
 NAME = re.compile(r"[a-z0-9_.-]+\Z")
-ENV_SECRETS = {"EDGE_AGENT_MQTT_USERNAME": "username", "EDGE_AGENT_MQTT_PASSWORD": "password",
-               "EDGE_AGENT_MQTT_PASSWORD_FILE": "password_file"}
+ENV_SECRETS = {"EDGE_AGENT_MQTT_HOST": "host", "EDGE_AGENT_MQTT_USERNAME": "username",
+               "EDGE_AGENT_MQTT_PASSWORD": "password", "EDGE_AGENT_MQTT_PASSWORD_FILE": "password_file"}
 
 
 class ConfigError(UsageError):
@@ -63,7 +63,7 @@ class MachineConfig:
 
 @dataclass(frozen=True)
 class TopicsConfig:
-    prefix: str = "edge"
+    prefix: str = "plant"
     site: str = "site"
     area: str = "area"
 

@@ -107,8 +107,10 @@ def test_errors_name_the_key_and_the_fix(text, message):
 def test_secrets_from_the_environment_are_never_shown():
     config = parse_config(MINIMAL + "[mqtt]\nusername = 'x'\npassword_file = '/nope'\n",
                           environ={"EDGE_AGENT_MQTT_USERNAME": "edge",
-                                   "EDGE_AGENT_MQTT_PASSWORD": "s3cret-pw"})
+                                   "EDGE_AGENT_MQTT_PASSWORD": "s3cret-pw",
+                                   "EDGE_AGENT_MQTT_HOST": "mosquitto"})
     assert config.mqtt.username == "edge" and config.mqtt.resolve_password() == "s3cret-pw"
+    assert config.mqtt.host == "mosquitto"
     assert config.mqtt.password_file is None
     assert "s3cret-pw" not in repr(config)
 
