@@ -3,8 +3,8 @@
 One processing thread owns the learning state. MQTT handlers (on paho's network
 thread) only decode, validate and queue; recordings (a replay source) are read
 on the processing thread. Each unit of work (a block of frames) is windowed,
-featurized in one batched call per machine, scored, and its alerts are
-committed to the durable outbox before the next unit starts; checkpoints are
+then featurized in batches of up to ``FEATURE_BATCH`` windows, each batch scored
+and its alerts committed to the durable outbox before the next; checkpoints are
 taken between units, so a restart resumes from one consistent moment.
 """
 
@@ -24,7 +24,7 @@ from edge_agent.pipeline import Pipeline
 from edge_agent.signal.bearing import parse_bearing
 from edge_agent.signal.features import FeatureSpec
 from edge_agent.state import StateStore
-from edge_agent.windowing import Windower, featurize
+from edge_agent.windowing import FEATURE_BATCH, Windower, featurize
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +234,15 @@ class Agent:
         return alerts
 
     def _score(self, windows, records, live: bool) -> list[dict]:
-        records = sorted(featurize(windows, lambda m, c: self.spec_for(m)) + records,
-                         key=lambda r: r.start_s)
+        # Featurized and scored a batch at a time: an alert in a burst of hundreds of
+        # channels is committed after its own batch, not after the whole burst.
+        alerts = []
+        for k in range(0, len(windows), FEATURE_BATCH):
+            batch = featurize(windows[k:k + FEATURE_BATCH], lambda m, c: self.spec_for(m))
+            alerts += self._score_records(sorted(batch, key=lambda r: r.start_s), live)
+        return alerts + self._score_records(sorted(records, key=lambda r: r.start_s), live)
+
+    def _score_records(self, records, live: bool) -> list[dict]:
         alerts = []
         for rec in records:
             key = (rec.machine, rec.channel)
