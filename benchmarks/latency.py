@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -64,6 +63,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from operator_subscriber import Subscriber, repo_broker  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 FEMTO = REPO.parent / "shared" / "data" / "femto" / "femto_learning_Bearing1_2.npz"
 FS_HZ, TICK_S, RPM = 25600.0, 0.1, 1800.0
@@ -71,20 +73,6 @@ BASELINE = 120
 FAULT, HEALTHY = 8, 42  # frames per cycle
 FAULT_SNAPSHOTS = (830, 871)
 DRAIN = 2000
-
-
-def test_broker():
-    """The repository's ``tests/broker.py``, loaded by path (a site-packages ``tests``
-    package, e.g. tsfel's, must not shadow it)."""
-    import importlib.util
-
-    if "edge_agent_test_broker" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("edge_agent_test_broker",
-                                                      REPO / "tests" / "broker.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["edge_agent_test_broker"]
 
 
 def log(msg: str) -> None:
@@ -99,14 +87,14 @@ def snapshots() -> np.ndarray:
 
 # -- broker, agent, subscriber ---------------------------------------------------------------------
 def start_broker(directory: Path):
-    return test_broker().Broker(directory / "broker").start()
+    return repo_broker().Broker(directory / "broker").start()
 
 
 def agent_config(broker, state_dir: Path, n: int):
     from edge_agent.config import AgentConfig, ChannelConfig, MachineConfig, TopicsConfig
     from edge_agent.ingest import Limits
     from edge_agent.publisher import MqttSettings
-    PREFIX, SITE, USERS = test_broker().PREFIX, test_broker().SITE, test_broker().USERS
+    PREFIX, SITE, USERS = repo_broker().PREFIX, repo_broker().SITE, repo_broker().USERS
     machines = tuple(MachineConfig(id=f"bearing-{m:02d}", bearing="pronostia", rpm=RPM,
                                    window_s=TICK_S,
                                    channels=(ChannelConfig("horizontal", fs_hz=FS_HZ),))
@@ -116,67 +104,6 @@ def agent_config(broker, state_dir: Path, n: int):
                                          password=USERS["agent"]),
                        topics=TopicsConfig(prefix=PREFIX, site=SITE, area="line-1"),
                        limits=Limits(), machines=machines)
-
-
-class Subscriber:
-    """An operator's subscriber in its own process (its own GIL, like a real operator's
-    client): it timestamps each alert in paho's ``on_message`` and reports it on a pipe;
-    the first copy of each id counts."""
-
-    def __init__(self, broker):
-        self.arrivals: dict[str, tuple[float, dict]] = {}
-        self.lock = threading.Lock()
-        self.proc = subprocess.Popen([sys.executable, __file__, "--subscribe", broker.host,
-                                      str(broker.port)], stdout=subprocess.PIPE, text=True)
-        if self.proc.stdout.readline().strip() != "subscribed":
-            raise RuntimeError("the subscriber could not subscribe")
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            t, alert = json.loads(line)
-            with self.lock:
-                self.arrivals.setdefault(alert["id"], (t, alert))
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.arrivals)
-
-    def wait_for(self, n: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while self.count() < n and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return self.count() >= n
-
-    def reset(self) -> None:
-        with self.lock:
-            self.arrivals.clear()
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def subscribe(host: str, port: int) -> None:
-    """The subscriber process: one line per alert, ``[arrival time, alert]``."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    prefix, users = test_broker().PREFIX, test_broker().USERS
-    out = sys.stdout
-
-    def on_message(client, userdata, message):
-        t = time.time()
-        out.write(json.dumps([t, json.loads(message.payload)]) + "\n")
-        out.flush()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-operator", protocol=mqtt.MQTTv5)
-    c.username_pw_set("operator", users["operator"])
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"{prefix}/+/+/+/alerts", qos=1)
-    c.on_subscribe = lambda *a: (out.write("subscribed\n"), out.flush())
-    c.on_message = on_message
-    c.connect(host, port)
-    c.loop_forever()
 
 
 # -- feeding the agent -----------------------------------------------------------------------------
@@ -321,7 +248,7 @@ def payloads(samples: list[dict], n: int) -> list[tuple[str, bytes, str]]:
     """``n`` real alerts (cycled from ``samples``) under fresh ids: (topic, payload, id)."""
     from edge_agent.jsonl import dumps
 
-    PREFIX, SITE = test_broker().PREFIX, test_broker().SITE
+    PREFIX, SITE = repo_broker().PREFIX, repo_broker().SITE
     out = []
     for k in range(n):
         alert = dict(samples[k % len(samples)], id=str(uuid.uuid4()))
@@ -347,7 +274,7 @@ def measure_drain(broker, tmp: Path, items, sub) -> dict:
     from edge_agent.publisher import MqttSettings, Publisher
     from edge_agent.topics import Topics
 
-    PREFIX, SITE, USERS = test_broker().PREFIX, test_broker().SITE, test_broker().USERS
+    PREFIX, SITE, USERS = repo_broker().PREFIX, repo_broker().SITE, repo_broker().USERS
     outbox = Outbox(tmp / "drain" / "outbox.sqlite")
     for topic, payload, msg_id in items:
         outbox.put(topic, payload, qos=1, msg_id=msg_id, priority=2)
@@ -412,11 +339,7 @@ def main(argv=None) -> None:
                         help="frames of all machines at each tick (burst, default) or spread "
                              "evenly over it")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the raw results")
-    parser.add_argument("--subscribe", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.subscribe:
-        subscribe(args.subscribe[0], int(args.subscribe[1]))
-        return
     from edge_agent.logs import setup_logging
 
     warnings.filterwarnings("ignore")

@@ -65,6 +65,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.fft  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tsfel_reference import TSFEL_FEATURES, TSFEL_WINDOWS, measure_tsfel  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 FEMTO = REPO.parent / "shared" / "data" / "femto" / "femto_learning_Bearing1_2.npz"
 FEMTO_DAY_S = 1302048000.0  # 2011-04-06, as edge_agent.readers.femto dates Bearing1_2
@@ -77,18 +80,6 @@ TEMPLATE_OFFSETS = (0, 30, 60, 90)  # first snapshot of each learned baseline
 BASELINE = 120  # windows: DetectorConfig's default
 #: channel count -> (warm-up rounds, timed rounds); about 2000 timed windows at 64 and 256.
 PLAN = {1: (10, 250), 64: (4, 32), 256: (2, 8)}
-#: tsfel features corresponding to ours (tsfel name -> our feature it stands for).
-TSFEL_FEATURES = {
-    "statistical": {"Mean": "mean_g", "Root mean square": "rms_g (tsfel's keeps the mean)",
-                    "Standard deviation": "rms_g", "Max": "peak_g", "Min": "peak_g",
-                    "Peak to peak distance": "peak_to_peak_g", "Kurtosis": "kurtosis",
-                    "Skewness": "skewness"},
-    "spectral": {"Spectral centroid": "spectral_centroid_hz",
-                 "Fundamental frequency": "dominant_hz",
-                 "Max power spectrum": "dominant_hz (its level)",
-                 "Spectrogram mean coefficient": "band_*_rms_g (32 bands)"},
-}
-TSFEL_WINDOWS = 20  # two-column windows: 40 channel-windows
 
 
 def log(msg: str) -> None:
@@ -271,55 +262,6 @@ def git_describe(path: Path) -> str:
                    if diff else "")
 
 
-# -- tsfel -----------------------------------------------------------------------------------------
-def tsfel_config():
-    """tsfel's default configuration reduced to :data:`TSFEL_FEATURES`."""
-    import tsfel
-
-    full = tsfel.get_features_by_domain()
-    return {domain: {name: full[domain][name] for name in names}
-            for domain, names in TSFEL_FEATURES.items()}
-
-
-def measure_tsfel(repeats: int) -> dict:
-    """Milliseconds per channel-window (fastest of ``repeats``): tsfel's extractor (n_jobs=None)
-    and its feature functions called directly."""
-    import importlib.metadata
-
-    import tsfel
-    from tsfel.feature_extraction import features as tf
-
-    flat, _ = load_axes()
-    windows = [np.stack([flat[a][k * SNAPSHOT:(k + PER_WINDOW) * SNAPSHOT] for a in AXES], axis=1)
-               .astype(np.float64) for k in range(BASELINE, BASELINE + TSFEL_WINDOWS)]
-    config = tsfel_config()
-    tsfel.time_series_features_extractor(config, windows[:2], fs=FS_HZ, n_jobs=None, verbose=0)
-    extractor = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        table = tsfel.time_series_features_extractor(config, windows, fs=FS_HZ, n_jobs=None,
-                                                     verbose=0)
-        extractor.append((time.perf_counter() - t0) / (2 * len(windows)))
-    calls = []
-    for domain in config.values():
-        for spec in domain.values():
-            params = dict(spec["parameters"] or {})
-            if "fs" in params:
-                params["fs"] = FS_HZ
-            calls.append((getattr(tf, spec["function"].replace("tsfel.", "")), params))
-    columns = [w[:, i] for w in windows for i in range(2)]
-    direct = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for x in columns:
-            for fn, params in calls:
-                fn(x, **params)
-        direct.append((time.perf_counter() - t0) / len(columns))
-    return {"version": importlib.metadata.version("tsfel"), "features": sum(len(d) for d in config.values()),
-            "values_per_channel": table.shape[1] // 2, "extractor_ms": 1e3 * min(extractor),
-            "direct_ms": 1e3 * min(direct)}
-
-
 # -- before / after --------------------------------------------------------------------------------
 def measure_elsewhere(code: str, channels, repeats: int) -> dict:
     """The edge-agent figures of the code at ``code``, measured by this script in a child."""
@@ -444,7 +386,10 @@ def main(argv=None) -> None:
     if not args.no_tsfel:
         log("measuring tsfel")
         try:
-            tsfel_r = measure_tsfel(args.repeat)
+            flat, _ = load_axes()
+            windows = [np.stack([flat[a][k * SNAPSHOT:(k + PER_WINDOW) * SNAPSHOT] for a in AXES],
+                                axis=1) for k in range(BASELINE, BASELINE + TSFEL_WINDOWS)]
+            tsfel_r = measure_tsfel(windows, FS_HZ, args.repeat)
         except ImportError:
             log("tsfel is not installed (pip install tsfel pyinstrument): its reference is left out")
     print_report(after, tsfel_r, before)

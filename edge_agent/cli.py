@@ -13,11 +13,17 @@ from edge_agent import __version__
 from edge_agent.errors import UsageError
 
 
-def _band(text: str) -> tuple[float, float]:
+def _two(text: str, sep: str, cast, form: str):
+    """``text`` as two values of ``cast`` joined by ``sep``, or an error showing ``form``."""
     try:
-        lo, hi = (float(v) for v in text.split(","))
+        first, second = (cast(v) for v in text.split(sep))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI in Hz, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}") from None
+    return first, second
+
+
+def _band(text: str) -> tuple[float, float]:
+    lo, hi = _two(text, ",", float, "LO,HI in Hz")
     if not 0 <= lo < hi:
         raise argparse.ArgumentTypeError(f"need 0 <= LO < HI, got {text!r}")
     return lo, hi
@@ -34,10 +40,7 @@ def _positive(text: str) -> float:
 
 
 def _worker(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N, got {text!r}") from None
+    index, count = _two(text, "/", int, "I/N")
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
     return index, count
