@@ -15,6 +15,10 @@ snapshot sequence, four channels at once as the agent batches them:
 - moments: ``window_statistics`` (all time-domain statistics and the sub-block
   ones in one pass) vs ``scipy.stats`` kurtosis and skew plus numpy for the
   others (without the sub-block statistics, which scipy has no equivalent of).
+
+Then the latency of scoring the autoencoder (reconstruction error of 1 and of 32
+windows) served by ONNX Runtime (one thread, as the agent does) against the same
+network's scikit-learn ``predict``.
 """
 
 from __future__ import annotations
@@ -97,6 +101,22 @@ def pairs(x: np.ndarray):
     ]
 
 
+def scoring_pairs():
+    """Reconstruction error through ONNX Runtime and through scikit-learn, same network."""
+    from edge_agent.models.onnx_serving import OnnxRegressor, mlp_to_onnx
+
+    mlp = fitted_mlp()
+    session = OnnxRegressor(mlp_to_onnx(mlp.coefs_, mlp.intercepts_, "tanh"), 30, threads=1)
+    rng = np.random.default_rng(1)
+    for n in (1, 32):
+        Z = rng.normal(size=(n, 30)).astype(np.float32)
+        ours = ((session.predict(Z) - Z) ** 2).mean(axis=1)
+        theirs = ((mlp.predict(Z) - Z) ** 2).mean(axis=1)
+        assert np.allclose(ours, theirs, atol=1e-5), "ONNX and scikit-learn disagree"
+        yield (n, lambda Z=Z: ((session.predict(Z) - Z) ** 2).mean(axis=1),
+               lambda Z=Z: ((mlp.predict(Z) - Z) ** 2).mean(axis=1))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=200)
@@ -107,6 +127,11 @@ def main(argv=None) -> None:
     for name, channels, hand, library in pairs(x):
         h, lib = median_us(hand, args.repeat), median_us(library, args.repeat)
         print(f"{name:<26} {channels:>8} {h:>11.0f} {lib:>11.0f} {lib / h:>12.1f}×")
+    print(f"\n{'autoencoder scoring':<26} {'windows':>8} {'ORT µs':>11} {'sklearn µs':>11} "
+          f"{'sklearn/ORT':>13}")
+    for n, ort, sk in scoring_pairs():
+        o, s = median_us(ort, args.repeat), median_us(sk, args.repeat)
+        print(f"{'reconstruction error':<26} {n:>8} {o:>11.0f} {s:>11.0f} {s / o:>12.1f}×")
 
 
 if __name__ == "__main__":
