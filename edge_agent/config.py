@@ -342,6 +342,11 @@ def load_config(path, environ=os.environ) -> AgentConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
     config = parse_config(text, path, environ)
-    if not config.state_dir.is_absolute():  # relative to the file, not to where one stands
+    # Relative paths are relative to the file, not to where one stands.
+    if not config.state_dir.is_absolute():
         config = dataclasses.replace(config, state_dir=(path.parent / config.state_dir).resolve())
+    if config.replay is not None:
+        paths = tuple(str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
+                      for p in config.replay.paths)
+        config = dataclasses.replace(config, replay=dataclasses.replace(config.replay, paths=paths))
     return config

@@ -291,3 +291,44 @@ def test_two_workers_share_the_machines_and_raise_the_same_alerts(broker, tmp_pa
     assert list((state / "worker-0" / "checkpoints").glob("femto-bearing1_2.*.ckpt"))
     assert list((state / "worker-1" / "checkpoints").glob("cwru.*.ckpt"))
     assert not list((state / "worker-0" / "checkpoints").glob("cwru.*"))
+
+
+def test_the_local_try_it_config_against_a_stock_mosquitto(tmp_path):
+    """README's "Try it": deploy/agent.local.toml against Mosquitto as installed (no config
+    file: loopback, anonymous); an operator sees the alarm and the retained statuses."""
+    from tests.broker import find_program, free_port
+
+    local = REPO / "deploy" / "agent.local.toml"
+    config = load_config(local)
+    assert all(Path(p).is_file() for p in config.replay.paths)  # relative to the file
+    port = free_port()
+    text = (local.read_text().replace("port = 1883", f"port = {port}")
+            .replace('"/tmp/edge-agent-local"', json.dumps(str(tmp_path / "state")))
+            .replace('"../sample_data/', json.dumps(str(SAMPLE_DATA))[:-1] + "/"))
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    broker = subprocess.Popen([find_program("mosquitto"), "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "alerts", "--broker", f"127.0.0.1:{port}",
+             "--json", "--count", "1", "--timeout", "60"], stdout=subprocess.PIPE, text=True,
+            cwd=REPO)
+        time.sleep(1.0)
+        run = subprocess.run([sys.executable, "-m", "edge_agent", "run", "--config", str(path),
+                              "--exit-after-replay"], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        alerts = [json.loads(line) for line in operator.communicate(timeout=60)[0].splitlines()]
+        retained = subprocess.run([find_program("mosquitto_sub"), "-p", str(port), "-t",
+                                   "plant/#", "-v", "-W", "2"], capture_output=True, text=True)
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    assert [(a["machine"], a["severity"]) for a in alerts] == [("motor-1", "alarm")]
+    assert "BPFI" in alerts[0]["summary"]  # the inner-race defect line is named
+    docs = {topic: json.loads(payload) for topic, payload in
+            (line.split(" ", 1) for line in retained.stdout.splitlines())}
+    assert docs["plant/lab/test-bench/motor-1/status"]["state"] == "alarm"
+    assert docs["plant/agents/local-gateway/status"]["status"] == "offline"
