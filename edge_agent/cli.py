@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(p)
     baseline = p.add_mutually_exclusive_group()
     baseline.add_argument("--baseline-windows", type=int, metavar="N",
-                          help="healthy windows per machine to learn the baseline from "
-                               "(default 60)")
+                          help="healthy windows per channel (and speed regime) to learn the "
+                               "baseline from (default 120)")
     baseline.add_argument("--baseline-s", type=_positive, metavar="S",
                           help="healthy period to learn the baseline from, seconds of the "
                                "recording's clock")
@@ -204,10 +204,13 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_config_check(args) -> int:
-    from edge_agent.config import load_config
+    from edge_agent.config import load_config, unreadable_files
 
     config = load_config(args.file)
     print(f"{args.file}: OK")
+    for problem in unreadable_files(config):  # may be readable where the agent runs
+        print(f"  warning: not readable here: {problem}; 'edge-agent run' refuses to start "
+              f"where it cannot read it")
     print(f"  agent {config.id}, state in {config.state_dir}")
     m = config.mqtt
     print(f"  broker {m.host}:{m.broker_port} MQTT {m.protocol}"

@@ -137,6 +137,24 @@ def shard_of(machine: str, count: int) -> int:
     return zlib.crc32(machine.encode()) % count
 
 
+def unreadable_files(config: "AgentConfig") -> list[str]:
+    """The ``[mqtt]`` files (password, CA, client certificate and key) this process cannot
+    read, each named by its key: checked at start, so that a wrong path is a configuration
+    error rather than a failed connection."""
+    problems = []
+    for key in ("password_file", "tls_ca", "tls_cert", "tls_key"):
+        path = getattr(config.mqtt, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            problems.append(f"[mqtt] {key} = {str(path)!r}: cannot read it ({exc.strerror}); "
+                            f"fix the path or the file's permissions")
+    return problems
+
+
 def for_worker(config: "AgentConfig", index: int, count: int) -> "AgentConfig":
     """The configuration of worker ``index`` of ``count``: its machines, its own state."""
     return dataclasses.replace(

@@ -31,9 +31,12 @@ def run_command(args) -> int:
     from edge_agent.logs import setup_logging
     from edge_agent.sources import ReplaySource
 
-    from edge_agent.config import for_worker
+    from edge_agent.config import ConfigError, for_worker, unreadable_files
 
     config = load_config(args.config)
+    problems = unreadable_files(config)
+    if problems:
+        raise ConfigError(f"{args.config}: " + "; ".join(problems))
     setup_logging(config.log_level)
     if args.worker:
         index, count = args.worker

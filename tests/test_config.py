@@ -84,6 +84,20 @@ def test_minimal_config_and_relative_state_dir(tmp_path):
     assert config.learning == DetectorConfig() and config.machines[0].alerts == AlertPolicy()
 
 
+def test_an_unreadable_mqtt_file_stops_run_with_the_key_and_check_warns(tmp_path):
+    ca = tmp_path / "missing-ca.crt"
+    path = tmp_path / "agent.toml"
+    path.write_text(MINIMAL.replace('"/tmp/gw"', '"state"').replace(
+        "[[machine]]", f'[mqtt]\nport = 1\ntls_ca = "{ca}"\n[[machine]]'))
+    run = edge_agent("run", "--config", path, check=False)
+    assert run.returncode == 2 and f"[mqtt] tls_ca = '{ca}': cannot read it" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    check = edge_agent("config", "check", path)
+    assert "warning: not readable here: [mqtt] tls_ca" in check.stdout
+    ca.write_text("")  # readable (if not a valid CA): no warning
+    assert "warning" not in edge_agent("config", "check", path).stdout
+
+
 @pytest.mark.parametrize("text, message", [
     (MINIMAL + "baseline_windows = 10\n", "machine[0].baseline_windows: unknown key"),
     (MINIMAL.replace("[[machine]]", "[learning]\nbaseline_window = 5\n[[machine]]"),
