@@ -76,10 +76,12 @@ class Agent:
             id=machine, learning=self.config.learning, alerts=self.config.alerts)
 
     def known(self, machine: str) -> bool:
-        """Whether this process handles ``machine`` (configured or accepted, and its worker's)."""
+        """Whether this process handles ``machine``: its worker's, and configured, accepted
+        (``accept_unknown_machines``) or already fed (e.g. by a recording of ``[replay]``).
+        Called from the MQTT thread: membership tests only, no iteration."""
         return self.config.owns(machine) and (
             self.config.machine(machine) is not None or self.config.accept_unknown_machines
-            or self.config.replay is not None)
+            or machine in self.pipeline.alerters or machine in self.windowers)
 
     def channel_configured(self, machine: str, channel: str) -> bool:
         """False for a channel its machine's ``channels`` list leaves out (none listed: any)."""

@@ -95,8 +95,10 @@ def timeline(options: InputOptions, origins: dict | None = None) -> Iterator[Fra
         rename = _renamer(options.machine, machines)
         shift: dict[str, float] = {}
         file_end: dict[str, float] = {}
+        skipped: set[str] = set()
         for item in items:
             if options.channels and item.channel not in options.channels:
+                skipped.add(item.channel)
                 continue
             machine = rename(item.machine)
             if origins is not None:
@@ -114,6 +116,9 @@ def timeline(options: InputOptions, origins: dict | None = None) -> Iterator[Fra
             end = start + (item.duration_s if isinstance(item, Frame) else 0.0)
             file_end[machine] = max(file_end.get(machine, end), end)
             yield item
+        if options.channels and not file_end and skipped:
+            raise UsageError(f"{path}: no channel {', '.join(sorted(options.channels))}; "
+                             f"it has {', '.join(sorted(skipped))}")
         last_end.update(file_end)
 
 

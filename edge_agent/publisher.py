@@ -416,7 +416,8 @@ class Publisher:
         counters = self.counters() if with_ts else None
         mqtt = None if counters is None else {
             "protocol": self.settings.protocol, "connected": self.connected,
-            **{k: counters[k] for k in ("reconnects", "sent", "acked", "refused")}}
+            **{k: counters[k] for k in ("reconnects", "sent", "acked", "refused",
+                                            "retained_ignored")}}
         return agent_status_doc(self.agent_id, status, __version__, reason=reason,
                                 ts_s=self._clock() if with_ts else None, started_s=self.started_s,
                                 machines=self.machines,

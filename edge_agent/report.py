@@ -136,7 +136,7 @@ def facts(machine: Machine) -> Facts:
                  sum(s.windows or len(s.t) for s in machine.channels.values()),
                  sum(len(s.t) for s in machine.channels.values()),
                  min(times, default=None), max(times, default=None), baseline,
-                 max((len(spans) - 1 for spans in baselines), default=0), first,
+                 max((len(spans) - 1 for spans in baselines if spans), default=0), first,
                  Counter(a["severity"] for a in machine.alerts), _final_state(machine))
 
 

@@ -38,6 +38,13 @@ def test_version_and_help_on_every_command():
         assert "usage: edge-agent" in edge_agent(name, "--help").stdout
 
 
+def test_replay_help_states_the_real_baseline_default():
+    from edge_agent.models import DetectorConfig
+
+    text = " ".join(edge_agent("replay", "--help").stdout.split())
+    assert f"(default {DetectorConfig().baseline_windows})" in text
+
+
 def test_features_prints_documented_fields():
     rows = json_lines(edge_agent("features", CWRU / "48k_Drive_End_OR007@6_0_135.mat",
                                  "--channel", "de").stdout)
@@ -134,3 +141,22 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path):
     assert broken.returncode == 2 and "broken.mat" in broken.stderr
     bearing = edge_agent("features", CWRU / "normal_0_97.mat", "--bearing", "6205", check=False)
     assert bearing.returncode == 2 and "catalogue name" in bearing.stderr
+    channel = edge_agent("features", CWRU / "normal_0_97.mat", "--channel", "ba", check=False)
+    assert channel.returncode == 2 and channel.stdout == ""
+    assert "normal_0_97.mat: no channel ba; it has de, fe" in channel.stderr
+
+
+def test_the_readme_alert_example_is_what_replay_writes():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    example = json.loads(readme.split("An example (trimmed to two features):\n\n```json\n", 1)[1]
+                         .split("```", 1)[0])
+    rows = json_lines(edge_agent(
+        "replay", CWRU / "normal_0_97.mat", CWRU / "48k_Drive_End_OR007@6_0_135.mat",
+        "--machine", "motor-3", "--channel", "de", "--window-s", "0.2", "--hop-s", "0.1",
+        "--baseline-windows", "20", "--jsonl", "-").stdout)
+    alert = next(r for r in rows if r["kind"] == "alert")
+    for key, value in example.items():
+        if key == "features":  # the README keeps two of them
+            assert value == [f for f in alert[key] if f["feature"] in {v["feature"] for v in value}]
+        else:
+            assert alert[key] == value, key

@@ -196,6 +196,16 @@ def test_report_of_a_live_capture(femto, tmp_path, capsys):
     assert summary["first alarm"].startswith(first_ts(alerts, "alarm") + ",")
 
 
+def test_a_capture_that_starts_after_the_baseline(femto, tmp_path, capsys):
+    _, docs = femto
+    monitoring = [d for d in docs if d["kind"] == "alert" or d.get("phase") != "baselining"]
+    path = tmp_path / "late.txt"
+    path.write_text("\n".join(capture(monitoring)) + "\n", encoding="utf-8")
+    assert run_report(path) == 0
+    summary = summary_of(capsys.readouterr().out, MACHINE)
+    assert summary["baseline"] == "none" and "again" not in summary["baseline"]
+
+
 def test_undated_recording_and_machine_selection(femto, cwru, tmp_path, capsys):
     both = tmp_path / "both.jsonl"
     both.write_text(femto[0].read_text() + cwru[0].read_text())

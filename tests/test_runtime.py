@@ -352,3 +352,17 @@ def test_a_recording_feeds_only_the_configured_channels(tmp_path):
     agent.run(threading.Event(), source, exit_when_done=True)
     assert {c for m, c in agent.channel_view} == {"de"}
     assert agent.stats["skipped_items"] > 0 and agent.stats["windows"] > 0
+
+
+def test_only_machines_it_handles_take_a_rebaseline_command(tmp_path):
+    # With a [replay] table the agent learns the machines its recordings name; a command
+    # for any other machine must not be taken as one of them.
+    from edge_agent.config import ReplayConfig
+    from edge_agent.sources import ReplaySource
+
+    recording = SAMPLE_DATA / "cwru" / "normal_0_97.mat"
+    agent = make_agent(tmp_path, machines=(), replay=ReplayConfig(paths=(str(recording),)))
+    assert not agent.known("cwru") and not agent.known("pump-9")
+    agent.run(threading.Event(), ReplaySource([recording]), exit_when_done=True)
+    assert agent.known("cwru") and not agent.known("pump-9")
+    assert make_agent(tmp_path / "b").known("pump-7")  # configured
