@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from edge_agent.alerts import STATES, AlertPolicy  # noqa: E402
-from edge_agent.inputs import InputOptions, feature_records  # noqa: E402
+from edge_agent.runtime.alerts import STATES, AlertPolicy  # noqa: E402
+from edge_agent.runtime.inputs import InputOptions, feature_records  # noqa: E402
 from edge_agent.models.detector import DetectorConfig  # noqa: E402
 from edge_agent.models.selection import select_features  # noqa: E402
-from edge_agent.pipeline import Pipeline  # noqa: E402
+from edge_agent.runtime.pipeline import Pipeline  # noqa: E402
 from references import RmsSixSigma, VanillaRiver  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"

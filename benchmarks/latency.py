@@ -5,7 +5,7 @@
 Latency (window complete → alert at a subscriber):
 
 - A Mosquitto from ``tests/broker.py`` (password file, ACL, MQTT 5) on
-  127.0.0.1; the agent (``edge_agent.agent.Agent``, the object ``edge-agent
+  127.0.0.1; the agent (``edge_agent.runtime.agent.Agent``, the object ``edge-agent
   run`` drives) connects as user ``agent`` with its durable outbox in a
   temporary directory on the local disk; a paho subscriber connects as
   ``operator`` to ``<prefix>/+/+/+/alerts`` (QoS 1) from a separate process
@@ -91,9 +91,9 @@ def start_broker(directory: Path):
 
 
 def agent_config(broker, state_dir: Path, n: int):
-    from edge_agent.config import AgentConfig, ChannelConfig, MachineConfig, TopicsConfig
-    from edge_agent.ingest import Limits
-    from edge_agent.publisher import MqttSettings
+    from edge_agent.runtime.config import AgentConfig, ChannelConfig, MachineConfig, TopicsConfig
+    from edge_agent.mqtt.ingest import Limits
+    from edge_agent.mqtt.publisher import MqttSettings
     PREFIX, SITE, USERS = repo_broker().PREFIX, repo_broker().SITE, repo_broker().USERS
     machines = tuple(MachineConfig(id=f"bearing-{m:02d}", bearing="pronostia", rpm=RPM,
                                    window_s=TICK_S,
@@ -116,7 +116,7 @@ def frame(machine: str, samples, start_s: float, tag: str):
 def learn_baselines(config, snaps, n: int) -> None:
     """Commissioning: 120 healthy frames per machine through an agent (as a recording: nothing
     deferred), then a checkpoint in ``config.state_dir`` for the live agent to restore."""
-    from edge_agent.agent import Agent
+    from edge_agent.runtime.agent import Agent
 
     agent = Agent(config)
     t0 = time.time() - BASELINE * TICK_S - 1.0
@@ -178,7 +178,7 @@ def feed_live(agent, snaps, n: int, cycles: int, spread: bool) -> dict[str, floa
 def measure_latency(broker, tmp: Path, snaps, n: int, cycles: int, sub,
                     spread: bool) -> dict:
     """Baselines first (checkpointed), then a fresh agent restores them and goes live."""
-    from edge_agent.agent import Agent
+    from edge_agent.runtime.agent import Agent
 
     config = agent_config(broker, tmp / "state", n)
     log(f"learning {n} baselines")
@@ -259,7 +259,7 @@ def payloads(samples: list[dict], n: int) -> list[tuple[str, bytes, str]]:
 
 def measure_put(tmp: Path, items) -> float:
     """Alerts per second through ``Outbox.put`` alone (one durable transaction each)."""
-    from edge_agent.outbox import Outbox
+    from edge_agent.mqtt.outbox import Outbox
 
     with Outbox(tmp / "put" / "outbox.sqlite") as outbox:
         t0 = time.perf_counter()
@@ -270,9 +270,9 @@ def measure_put(tmp: Path, items) -> float:
 
 def measure_drain(broker, tmp: Path, items, sub) -> dict:
     """Alerts per second from a full outbox through the publisher to the subscriber."""
-    from edge_agent.outbox import Outbox
-    from edge_agent.publisher import MqttSettings, Publisher
-    from edge_agent.topics import Topics
+    from edge_agent.mqtt.outbox import Outbox
+    from edge_agent.mqtt.publisher import MqttSettings, Publisher
+    from edge_agent.mqtt.topics import Topics
 
     PREFIX, SITE, USERS = repo_broker().PREFIX, repo_broker().SITE, repo_broker().USERS
     outbox = Outbox(tmp / "drain" / "outbox.sqlite")

@@ -36,8 +36,8 @@ def child(n_machines: int, n_windows: int) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from edge_agent.inputs import InputOptions, feature_records
-    from edge_agent.pipeline import Pipeline
+    from edge_agent.runtime.inputs import InputOptions, feature_records
+    from edge_agent.runtime.pipeline import Pipeline
 
     records = [r for _, r in feature_records(InputOptions(
         recordings=(FEMTO,), channels=frozenset({"horizontal"})))][:n_windows]

@@ -104,7 +104,7 @@ def load_axes() -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 def window(flat, starts, machine: str, axis: str, k: int):
     """The 1-s window of ``axis`` starting at snapshot ``k``, for ``machine`` (a view)."""
-    from edge_agent.windowing import Window
+    from edge_agent.runtime.windowing import Window
 
     samples = flat[axis][k * SNAPSHOT:(k + PER_WINDOW) * SNAPSHOT]
     return Window(machine, axis, float(starts[k]), FS_HZ, samples, RPM,
@@ -122,8 +122,8 @@ def feature_spec():
 # -- learned state ---------------------------------------------------------------------------------
 def learn_templates(flat, starts, spec) -> list[tuple[str, int, bytes, bytes]]:
     """Learn the eight real baselines; returns (axis, first monitoring snapshot, detector, alerter)."""
-    from edge_agent.pipeline import Pipeline
-    from edge_agent.windowing import featurize
+    from edge_agent.runtime.pipeline import Pipeline
+    from edge_agent.runtime.windowing import featurize
 
     templates = []
     for axis in AXES:
@@ -144,7 +144,7 @@ def learn_templates(flat, starts, spec) -> list[tuple[str, int, bytes, bytes]]:
 
 def clone_pipeline(templates, n: int):
     """A Pipeline of ``n`` machines restored from the templates; and each machine's schedule."""
-    from edge_agent.pipeline import Pipeline
+    from edge_agent.runtime.pipeline import Pipeline
 
     pipeline, schedule = Pipeline(), []
     for m in range(n):
@@ -162,7 +162,7 @@ def run_rounds(pipeline, schedule, flat, starts, spec, rounds: int, first_round:
                stats: dict | None = None) -> tuple[float, float, list]:
     """Feed ``rounds`` rounds (one window per machine each); returns (featurize s, process s,
     the windows of each round)."""
-    from edge_agent.windowing import featurize
+    from edge_agent.runtime.windowing import featurize
 
     t_feat = t_learn = 0.0
     batches = []

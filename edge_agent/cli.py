@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
 
-    from edge_agent.operator import add_alerts_parser
-    from edge_agent.report import add_report_parser, report_command
+    from edge_agent.mqtt.operator import add_alerts_parser
+    from edge_agent.report.command import add_report_parser, report_command
 
     add_alerts_parser(sub).set_defaults(func=_cmd_alerts)
     add_report_parser(sub).set_defaults(func=report_command)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_features(args) -> int:
-    from edge_agent.inputs import InputOptions, feature_records
+    from edge_agent.runtime.inputs import InputOptions, feature_records
     from edge_agent.frame import iso_time
     from edge_agent.jsonl import dumps
 
@@ -186,7 +186,7 @@ def _cmd_features(args) -> int:
 
 
 def _cmd_replay(args) -> int:
-    from edge_agent.replay import replay_command
+    from edge_agent.runtime.replay import replay_command
 
     return replay_command(args)
 
@@ -204,7 +204,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_config_check(args) -> int:
-    from edge_agent.config import load_config, unreadable_files
+    from edge_agent.runtime.config import load_config, unreadable_files
 
     config = load_config(args.file)
     print(f"{args.file}: OK")
@@ -228,6 +228,6 @@ def _cmd_config_check(args) -> int:
 
 
 def _cmd_alerts(args) -> int:
-    from edge_agent.operator import alerts_command
+    from edge_agent.mqtt.operator import alerts_command
 
     return alerts_command(args)

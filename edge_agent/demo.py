@@ -57,10 +57,10 @@ class ChainSource:
 
 
 def demo_config(broker, state_dir: Path, data: Path):
-    from edge_agent.config import AgentConfig, MachineConfig, TopicsConfig
-    from edge_agent.ingest import Limits
+    from edge_agent.runtime.config import AgentConfig, MachineConfig, TopicsConfig
+    from edge_agent.mqtt.ingest import Limits
     from edge_agent.models import DetectorConfig
-    from edge_agent.publisher import MqttSettings
+    from edge_agent.mqtt.publisher import MqttSettings
 
     machines = []
     for machine, _, _, opts in SCENARIOS:
@@ -87,7 +87,7 @@ class Operator:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
-        from edge_agent.operator import format_alert
+        from edge_agent.mqtt.operator import format_alert
 
         for line in self.process.stdout:
             alert = json.loads(line)
@@ -106,10 +106,10 @@ class Operator:
 
 
 def demo_command(args, out=sys.stdout) -> int:
-    from edge_agent.agent import Agent
-    from edge_agent.embedded_broker import EmbeddedBroker
+    from edge_agent.runtime.agent import Agent
+    from edge_agent.mqtt.embedded_broker import EmbeddedBroker
     from edge_agent.logs import setup_logging
-    from edge_agent.sources import ReplaySource
+    from edge_agent.runtime.sources import ReplaySource
 
     data = Path(args.data) if args.data else SAMPLE_DATA
     missing = [p for _, paths, _, _ in SCENARIOS for p in paths if not (data / p).exists()]

@@ -26,12 +26,12 @@ log = logging.getLogger(__name__)
 
 def run_command(args) -> int:
     from edge_agent import __version__
-    from edge_agent.agent import Agent
-    from edge_agent.config import load_config
+    from edge_agent.runtime.agent import Agent
+    from edge_agent.runtime.config import load_config
     from edge_agent.logs import setup_logging
-    from edge_agent.sources import ReplaySource
+    from edge_agent.runtime.sources import ReplaySource
 
-    from edge_agent.config import ConfigError, for_worker, unreadable_files
+    from edge_agent.runtime.config import ConfigError, for_worker, unreadable_files
 
     config = load_config(args.config)
     problems = unreadable_files(config)

@@ -43,7 +43,7 @@ def load_cwru_de(condition: str) -> tuple[np.ndarray, float]:
 @pytest.fixture(scope="session")
 def femto_horizontal():
     """Feature records of FEMTO Bearing1_2's horizontal channel (871 snapshots)."""
-    from edge_agent.inputs import InputOptions, feature_records
+    from edge_agent.runtime.inputs import InputOptions, feature_records
 
     options = InputOptions(recordings=(shared("femto", "femto_learning_Bearing1_2.npz"),),
                            channels=frozenset({"horizontal"}))

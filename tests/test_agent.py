@@ -16,11 +16,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edge_agent.agent import Agent
-from edge_agent.config import load_config
+from edge_agent.runtime.agent import Agent
+from edge_agent.runtime.config import load_config
 from edge_agent.demo import SCENARIOS, ChainSource, demo_config
 from edge_agent.schema import load_schema
-from edge_agent.sources import ReplaySource
+from edge_agent.runtime.sources import ReplaySource
 from tests.broker import PREFIX, SITE, USERS, Broker
 from tests.conftest import REPO, SAMPLE_DATA
 
@@ -62,7 +62,7 @@ class Subscriber:
 
 
 def mqtt_settings(broker, **changes):
-    from edge_agent.publisher import MqttSettings
+    from edge_agent.mqtt.publisher import MqttSettings
 
     return MqttSettings(host=broker.host, port=broker.port, username="agent",
                         password=USERS["agent"], reconnect_min_s=0.2, reconnect_max_s=1.0,
@@ -264,7 +264,7 @@ def test_agent_status_and_last_will(broker, tmp_path):
 
 
 def test_two_workers_share_the_machines_and_raise_the_same_alerts(broker, tmp_path):
-    from edge_agent.config import shard_of
+    from edge_agent.runtime.config import shard_of
 
     path = write_config(tmp_path, broker, speed=600.0)
     path.write_text(path.read_text().replace("[resources]\n", "[resources]\nworkers = 2\n"))

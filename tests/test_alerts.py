@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
-from edge_agent.alerts import AlertPolicy, ChannelAlertState, MachineAlerter, alert_id
+from edge_agent.runtime.alerts import AlertPolicy, ChannelAlertState, MachineAlerter, alert_id
 from edge_agent.frame import FeatureRecord
 from edge_agent.models import DetectorConfig, Verdict
-from edge_agent.pipeline import Pipeline
+from edge_agent.runtime.pipeline import Pipeline
 from tests.test_learning import cwru_records, run
 
 T = 2.0  # threshold of the constructed verdicts; the alarm threshold is 2 T

@@ -16,10 +16,10 @@ from edge_agent.models.baseline import Baseline
 from edge_agent.models.hst import FrozenHalfSpaceTrees
 from edge_agent.models.onnx_serving import OnnxRegressor, export_with_skl2onnx, mlp_to_onnx
 from edge_agent.models.selection import select_features
-from edge_agent.pipeline import Pipeline
+from edge_agent.runtime.pipeline import Pipeline
 from edge_agent.signal.bearing import BEARINGS
 from edge_agent.signal.features import FeatureSpec
-from edge_agent.windowing import Windower, featurize
+from edge_agent.runtime.windowing import Windower, featurize
 from tests.conftest import load_cwru_de
 
 SPEC = FeatureSpec(fault_orders=BEARINGS["6205-2rs"])

@@ -17,12 +17,12 @@ import time
 import jsonschema
 import pytest
 
-from edge_agent.ingest import decode_raw, encode_raw
-from edge_agent.operator import add_alerts_parser, alerts_command
-from edge_agent.outbox import Outbox
-from edge_agent.publisher import MqttSettings, Publisher, make_client
+from edge_agent.mqtt.ingest import decode_raw, encode_raw
+from edge_agent.mqtt.operator import add_alerts_parser, alerts_command
+from edge_agent.mqtt.outbox import Outbox
+from edge_agent.mqtt.publisher import MqttSettings, Publisher, make_client
 from edge_agent.schema import channel_status, load_schema, machine_status_doc
-from edge_agent.topics import Topics, alerts_filter
+from edge_agent.mqtt.topics import Topics, alerts_filter
 from tests.broker import PREFIX, SITE, USERS, Broker
 from tests.test_ingest import frame
 from tests.test_schema import make_alert
@@ -204,9 +204,9 @@ def test_retained_status_documents_validate(broker, agents, collectors):
 
 AGENT_SCRIPT = """
 import sys, time
-from edge_agent.outbox import Outbox
-from edge_agent.publisher import MqttSettings, Publisher
-from edge_agent.topics import Topics
+from edge_agent.mqtt.outbox import Outbox
+from edge_agent.mqtt.publisher import MqttSettings, Publisher
+from edge_agent.mqtt.topics import Topics
 host, port, password, path = sys.argv[1:5]
 pub = Publisher(MqttSettings(host=host, port=int(port), username="agent", password=password,
                              keepalive_s=5), Outbox(path), Topics("plant", "site1", "line-a"),

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from edge_agent.outbox import PRIORITY, Outbox, OutboxLocked
+from edge_agent.mqtt.outbox import PRIORITY, Outbox, OutboxLocked
 
 
 class Clock:
@@ -55,7 +55,7 @@ def test_same_message_id_is_queued_once(tmp_path):
 
 
 def test_overflow_drops_lowest_priority_oldest_first_and_logs_each(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="edge_agent.outbox")
+    caplog.set_level(logging.WARNING, logger="edge_agent.mqtt.outbox")
     with Outbox(tmp_path / "ob.sqlite", max_messages=4) as ob:
         ob.put("t", b"alarm-1", priority=PRIORITY["alarm"], msg_id="a1")
         ob.put("t", b"normal-1", priority=0, msg_id="n1")
@@ -161,7 +161,7 @@ def test_threads_put_while_another_acks(tmp_path):
 
 WRITER = """
 import sys
-from edge_agent.outbox import Outbox
+from edge_agent.mqtt.outbox import Outbox
 ob = Outbox(sys.argv[1])
 i = 0
 while True:

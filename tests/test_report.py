@@ -14,8 +14,8 @@ import pytest
 
 from edge_agent.cli import build_parser, main as cli_main
 from edge_agent.errors import UsageError
-from edge_agent.report import add_report_parser, report_command
-from edge_agent.report_input import epoch_s
+from edge_agent.report.command import add_report_parser, report_command
+from edge_agent.report.parse import epoch_s
 from tests.conftest import REPO, SAMPLE_DATA
 
 FEMTO = SAMPLE_DATA / "femto" / "femto_learning_Bearing1_2.npz"
@@ -143,7 +143,7 @@ def capture(docs) -> list[str]:
     arrives twice, the agent status is there too, and the capture ends mid-line.
     """
     from edge_agent.schema import agent_status_doc, channel_status, machine_status_doc
-    from edge_agent.topics import Topics
+    from edge_agent.mqtt.topics import Topics
 
     topics = Topics("plant", "site1", "line-a")
     latest, lines = {}, [f"{topics.agent_status('gw-1')} "
@@ -246,7 +246,7 @@ def test_without_matplotlib_the_error_says_what_to_install(femto, tmp_path, monk
 
 
 def test_other_commands_do_not_import_matplotlib():
-    code = ("import sys, edge_agent.cli, edge_agent.report; edge_agent.cli.build_parser(); "
+    code = ("import sys, edge_agent.cli, edge_agent.report.command; edge_agent.cli.build_parser(); "
             "print('matplotlib' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO, timeout=60, check=True)

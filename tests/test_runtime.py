@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.agent import Agent
-from edge_agent.config import parse_config
+from edge_agent.runtime.agent import Agent
+from edge_agent.runtime.config import parse_config
 from edge_agent.frame import Frame
-from edge_agent.ingest import HEADER, REASONS, encode_raw, encode_raw_json
-from edge_agent.mqtt_io import ingest_message, machine_status
+from edge_agent.mqtt.ingest import HEADER, REASONS, encode_raw, encode_raw_json
+from edge_agent.mqtt.link import ingest_message, machine_status
 from edge_agent.schema import load_schema
 from tests.conftest import SAMPLE_DATA, load_cwru_de
 
@@ -230,7 +230,7 @@ def test_incompatible_or_unreadable_manifest_means_a_fresh_start(tmp_path):
 # -- falling behind ---------------------------------------------------------------------------------
 
 def test_model_updates_wait_while_behind_real_time_and_scoring_never_does(tmp_path):
-    from edge_agent.config import ResourcesConfig
+    from edge_agent.runtime.config import ResourcesConfig
 
     agent = make_agent(tmp_path, resources=ResourcesConfig(learn_budget=1.0))  # lag rule only
     now = time.time()
@@ -257,7 +257,7 @@ def test_model_updates_wait_while_behind_real_time_and_scoring_never_does(tmp_pa
 
 
 def test_a_complete_baseline_waits_for_its_fit_while_behind(tmp_path):
-    from edge_agent.config import ResourcesConfig
+    from edge_agent.runtime.config import ResourcesConfig
 
     agent = make_agent(tmp_path, resources=ResourcesConfig(learn_budget=1.0))
     hour_ago = time.time() - 3600
@@ -341,8 +341,8 @@ def test_the_agent_connects_to_the_broker_and_nowhere_else(tmp_path):
 def test_a_recording_feeds_only_the_configured_channels(tmp_path):
     # CWRU files hold drive-end and fan-end channels; pump-7 lists "de" and "fe", so
     # restricting it to "de" must leave the fan end out (as MQTT frames of it are refused).
-    from edge_agent.config import MachineConfig
-    from edge_agent.sources import ReplaySource
+    from edge_agent.runtime.config import MachineConfig
+    from edge_agent.runtime.sources import ReplaySource
 
     agent = make_agent(tmp_path)
     only_de = replace(agent.config.machines[0], channels=agent.config.machines[0].channels[:1])
@@ -357,8 +357,8 @@ def test_a_recording_feeds_only_the_configured_channels(tmp_path):
 def test_only_machines_it_handles_take_a_rebaseline_command(tmp_path):
     # With a [replay] table the agent learns the machines its recordings name; a command
     # for any other machine must not be taken as one of them.
-    from edge_agent.config import ReplayConfig
-    from edge_agent.sources import ReplaySource
+    from edge_agent.runtime.config import ReplayConfig
+    from edge_agent.runtime.sources import ReplaySource
 
     recording = SAMPLE_DATA / "cwru" / "normal_0_97.mat"
     agent = make_agent(tmp_path, machines=(), replay=ReplayConfig(paths=(str(recording),)))

@@ -8,14 +8,14 @@ import math
 import jsonschema
 import pytest
 
-from edge_agent.alerts import AlertPolicy, MachineAlerter, build_alert
+from edge_agent.runtime.alerts import AlertPolicy, MachineAlerter, build_alert
 from edge_agent.frame import FeatureRecord
-from edge_agent.ingest import REASONS
+from edge_agent.mqtt.ingest import REASONS
 from edge_agent.jsonl import dumps
 from edge_agent.models.detector import Contribution, Verdict
 from edge_agent.schema import (NAMES, agent_status_doc, channel_status, load_schema,
                                machine_status_doc)
-from edge_agent.topics import TopicError, Topics, alerts_filter, parse_topic
+from edge_agent.mqtt.topics import TopicError, Topics, alerts_filter, parse_topic
 
 #: An alert as `edge-agent replay` produced it from the CWRU inner-race recording
 #: (with the fault line's ``prominence_ratio`` that build_alert has added since).

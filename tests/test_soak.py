@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from edge_agent.frame import Frame
-from edge_agent.ingest import encode_raw
+from edge_agent.mqtt.ingest import encode_raw
 from tests.broker import PREFIX, SITE, USERS, Broker
 from tests.conftest import REPO, SAMPLE_DATA
 
@@ -64,7 +64,7 @@ def rss_mb(pid: int) -> float:
 
 def sensors(broker, stop: threading.Event, sent: list[int]) -> None:
     """Every second, one real snapshot per channel, published as a raw frame."""
-    from edge_agent.publisher import MqttSettings, make_client
+    from edge_agent.mqtt.publisher import MqttSettings, make_client
 
     with np.load(SAMPLE_DATA / "femto" / "femto_learning_Bearing1_2.npz") as z:
         # the healthy first half: this is a memory soak, not a fault

@@ -3,7 +3,7 @@
 The schemas (draft 2020-12) ship inside the package:
 
 ``alert``
-    ``edge-agent/alert/1``: what :func:`edge_agent.alerts.build_alert` produces.
+    ``edge-agent/alert/1``: what :func:`edge_agent.runtime.alerts.build_alert` produces.
 ``machine-status``
     ``edge-agent/machine-status/1``: retained per-machine status.
 ``agent-status``

@@ -7,10 +7,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from edge_agent.alerts import AlertPolicy
+from edge_agent.runtime.alerts import AlertPolicy
 from edge_agent.jsonl import dumps
 from edge_agent.models.detector import DetectorConfig
-from edge_agent.pipeline import Pipeline
+from edge_agent.runtime.pipeline import Pipeline
 
 
 @dataclass
@@ -51,7 +51,7 @@ def detector_config(args) -> DetectorConfig:
 
 def run_replay(options, pipeline: Pipeline, on_verdict=None, on_alert=None) -> ReplaySummary:
     """Feed every window of ``options`` through ``pipeline``; callbacks see each output."""
-    from edge_agent.inputs import feature_records
+    from edge_agent.runtime.inputs import feature_records
 
     summary = ReplaySummary()
     for index, record in feature_records(options):
@@ -82,7 +82,7 @@ class Progress:
 
 
 def replay_command(args) -> int:
-    from edge_agent.inputs import InputOptions
+    from edge_agent.runtime.inputs import InputOptions
 
     options = InputOptions.from_args(args)
     pipeline = Pipeline(detector_config(args), AlertPolicy())

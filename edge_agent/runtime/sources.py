@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edge_agent.inputs import InputOptions, timeline
+from edge_agent.runtime.inputs import InputOptions, timeline
 
 
 class ReplaySource:
@@ -16,7 +16,7 @@ class ReplaySource:
     Parameters
     ----------
     paths : sequence of path
-        Recordings in time order (see :func:`edge_agent.inputs.timeline`).
+        Recordings in time order (see :func:`edge_agent.runtime.inputs.timeline`).
     speed : float
         0 replays as fast as the agent can process; 1 in real time; 60 a minute
         of recording per second.

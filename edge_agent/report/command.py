@@ -8,8 +8,8 @@ self-contained file: inline CSS, plots as data URIs, nothing fetched, for an
 air-gapped plant network), one PNG per machine beside it, and a plain-text
 summary on standard output.
 
-:mod:`edge_agent.report_input` reads the input, this module writes the summary, and
-:mod:`edge_agent.report_html` draws the plots and writes the page. Registration in the CLI is one line,
+:mod:`edge_agent.report.parse` reads the input, this module writes the summary, and
+:mod:`edge_agent.report.html` draws the plots and writes the page. Registration in the CLI is one line,
 ``add_report_parser(sub)``; its default ``func`` is :func:`report_command`.
 matplotlib is imported only when the command runs, so other commands do not pay
 for it.
@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_agent.errors import UsageError
-from edge_agent.report_input import (ALERT_STATES, UNDATED_BEFORE_S, ChannelSeries, Machine,
+from edge_agent.report.parse import (ALERT_STATES, UNDATED_BEFORE_S, ChannelSeries, Machine,
                                      epoch_s, load)
 
 
@@ -268,7 +268,7 @@ def report_command(args: argparse.Namespace, out=None) -> int:
         matplotlib is missing, the input is unusable, a ``--machine`` is not in
         it, or the output directory cannot be made.
     """
-    from edge_agent.report_html import check_matplotlib, render_png, write_html
+    from edge_agent.report.html import check_matplotlib, render_png, write_html
 
     out = out or sys.stdout
     started = time.monotonic()

@@ -2,7 +2,7 @@
 
 Delivery of alerts (at least once)
 ----------------------------------
-:meth:`Publisher.publish_alert` commits the alert to the :class:`~edge_agent.outbox.Outbox`
+:meth:`Publisher.publish_alert` commits the alert to the :class:`~edge_agent.mqtt.outbox.Outbox`
 and returns; a worker thread hands queued messages to paho in sequence order,
 at most ``inflight`` unacknowledged at a time, and deletes each on its PUBACK.
 paho keeps QoS 1 messages in memory only; it re-sends the unacknowledged ones
@@ -43,11 +43,11 @@ from collections.abc import Callable, Iterable
 
 from edge_agent import __version__
 from edge_agent.jsonl import dumps
-from edge_agent.mqtt_client import MqttSettings, make_client, reason_name  # noqa: F401 (re-exported)
-from edge_agent.outbox import PRIORITY, Outbox
-from edge_agent.retained import RetainedBoard
+from edge_agent.mqtt.client import MqttSettings, make_client, reason_name  # noqa: F401 (re-exported)
+from edge_agent.mqtt.outbox import PRIORITY, Outbox
+from edge_agent.mqtt.retained import RetainedBoard
 from edge_agent.schema import agent_status_doc
-from edge_agent.topics import Topics
+from edge_agent.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from collections import deque
 from dataclasses import replace
 
 from edge_agent import __version__
-from edge_agent.config import AgentConfig, MachineConfig
+from edge_agent.runtime.config import AgentConfig, MachineConfig
 from edge_agent.frame import FeatureRecord, Frame
-from edge_agent.pipeline import Pipeline
+from edge_agent.runtime.pipeline import Pipeline
 from edge_agent.signal.bearing import parse_bearing
 from edge_agent.signal.features import FeatureSpec
-from edge_agent.state import StateStore
-from edge_agent.windowing import FEATURE_BATCH, Windower, featurize
+from edge_agent.runtime.state import StateStore
+from edge_agent.runtime.windowing import FEATURE_BATCH, Windower, featurize
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Agent:
     """
 
     def __init__(self, config: AgentConfig, *, clock=time.time):
-        from edge_agent.sensor_health import RejectionCounter
+        from edge_agent.runtime.sensor_health import RejectionCounter
 
         self.config, self.clock = config, clock
         self.pipeline = Pipeline(agent_id=config.id,
@@ -203,7 +203,7 @@ class Agent:
 
         ``live`` says whether the items arrived now (MQTT) or come from a recording.
         """
-        from edge_agent.ingest import PayloadError, check_frame
+        from edge_agent.mqtt.ingest import PayloadError, check_frame
 
         alerts, windows, records = [], [], []
         for item in items:
@@ -286,12 +286,12 @@ class Agent:
     # -- MQTT -------------------------------------------------------------------------------------
     def connect(self) -> None:
         """Open the outbox, connect to the broker and subscribe to frames and commands."""
-        from edge_agent.mqtt_io import connect_agent
+        from edge_agent.mqtt.link import connect_agent
 
         connect_agent(self)
 
     def publish_status(self) -> None:
-        from edge_agent.mqtt_io import publish_status
+        from edge_agent.mqtt.link import publish_status
 
         publish_status(self)
 

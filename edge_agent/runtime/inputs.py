@@ -17,7 +17,7 @@ from edge_agent.errors import UsageError
 from edge_agent.frame import FeatureRecord, Frame
 from edge_agent.signal.bearing import FaultOrders, parse_bearing
 from edge_agent.signal.features import FeatureSpec
-from edge_agent.windowing import Windower, featurize
+from edge_agent.runtime.windowing import Windower, featurize
 
 #: Bearings of the public rigs, used when a recording of that kind is replayed
 #: without ``--bearing`` (``--bearing none`` turns it off).

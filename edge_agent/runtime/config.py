@@ -2,8 +2,8 @@
 
 Every table maps onto a dataclass that the component it configures already
 defines (learning: :class:`~edge_agent.models.DetectorConfig`, alerts:
-:class:`~edge_agent.alerts.AlertPolicy`, limits: :class:`~edge_agent.ingest.Limits`,
-MQTT: :class:`~edge_agent.publisher.MqttSettings`), so the keys and their
+:class:`~edge_agent.runtime.alerts.AlertPolicy`, limits: :class:`~edge_agent.mqtt.ingest.Limits`,
+MQTT: :class:`~edge_agent.mqtt.publisher.MqttSettings`), so the keys and their
 defaults cannot drift from the code. ``docs/configuration.md`` documents every
 key and ``deploy/agent.example.toml`` shows them all; a test keeps the three in step.
 
@@ -24,7 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent.alerts import AlertPolicy
+from edge_agent.runtime.alerts import AlertPolicy
 from edge_agent.errors import UsageError
 from edge_agent.models.detector import DetectorConfig
 
@@ -284,8 +284,8 @@ def _check_machine(m: MachineConfig, key: str) -> None:
 
 def parse_config(text: str, source: Path | None = None, environ=os.environ) -> AgentConfig:
     """An :class:`AgentConfig` from TOML text (see the module docstring)."""
-    from edge_agent.ingest import Limits
-    from edge_agent.publisher import MqttSettings
+    from edge_agent.mqtt.ingest import Limits
+    from edge_agent.mqtt.publisher import MqttSettings
 
     where = str(source) if source else "config"
     try:

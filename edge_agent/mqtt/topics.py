@@ -42,7 +42,7 @@ def check_name(value: str, what: str = "name") -> str:
     >>> check_name("Pump 7", "machine")
     Traceback (most recent call last):
     ...
-    edge_agent.topics.TopicError: machine 'Pump 7' must match [a-z0-9_.-]+
+    edge_agent.mqtt.topics.TopicError: machine 'Pump 7' must match [a-z0-9_.-]+
     """
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise TopicError(f"{what} {value!r} must match [a-z0-9_.-]+")
@@ -173,7 +173,7 @@ def parse_topic(topic: str, prefix: str) -> TopicRef:
     >>> parse_topic("plant/s/a/m/+/raw", "plant")
     Traceback (most recent call last):
     ...
-    edge_agent.topics.TopicError: channel '+' must match [a-z0-9_.-]+
+    edge_agent.mqtt.topics.TopicError: channel '+' must match [a-z0-9_.-]+
     """
     if not isinstance(topic, str):
         raise TopicError(f"topic must be text, got {type(topic).__name__}")

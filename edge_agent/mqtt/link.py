@@ -32,7 +32,7 @@ def _channel_allowed(agent, machine: str, channel: str) -> bool:
 
 
 def agent_topics(agent):
-    from edge_agent.topics import Topics
+    from edge_agent.mqtt.topics import Topics
 
     if getattr(agent, "topics", None) is None:
         t = agent.config.topics
@@ -46,8 +46,8 @@ def ingest_message(agent, topic: str, payload: bytes) -> None:
     Runs on paho's network thread: it never raises and never blocks. A refusal
     is counted per machine, channel and reason (shown in the machine status).
     """
-    from edge_agent.ingest import decode_message
-    from edge_agent.topics import TopicError
+    from edge_agent.mqtt.ingest import decode_message
+    from edge_agent.mqtt.topics import TopicError
 
     topics = agent_topics(agent)
     try:
@@ -69,9 +69,9 @@ def ingest_message(agent, topic: str, payload: bytes) -> None:
 
 def connect_agent(agent) -> None:
     """Open the outbox, start the publisher and subscribe to raw frames, features and commands."""
-    from edge_agent.outbox import Outbox
-    from edge_agent.publisher import Publisher
-    from edge_agent.topics import TopicError
+    from edge_agent.mqtt.outbox import Outbox
+    from edge_agent.mqtt.publisher import Publisher
+    from edge_agent.mqtt.topics import TopicError
 
     config = agent.config
     topics = agent_topics(agent)
@@ -103,7 +103,7 @@ def connect_agent(agent) -> None:
 
 def machine_status(agent, machine: str) -> dict:
     """The retained status document of one machine."""
-    from edge_agent.agent import agent_version
+    from edge_agent.runtime.agent import agent_version
 
     channels = {}
     health = agent.rejections.channels(machine)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edge_agent import __version__
-from edge_agent.alerts import AlertPolicy, MachineAlerter
+from edge_agent.runtime.alerts import AlertPolicy, MachineAlerter
 from edge_agent.frame import FeatureRecord, iso_time
 from edge_agent.models.detector import ChannelDetector, DetectorConfig
 

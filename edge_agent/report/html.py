@@ -17,8 +17,8 @@ from pathlib import Path
 
 from edge_agent import __version__
 from edge_agent.errors import UsageError
-from edge_agent.report import Facts, alert_counts, first_alert, gaps, period, png_name, runs
-from edge_agent.report_input import ChannelSeries, Machine, epoch_s
+from edge_agent.report.command import Facts, alert_counts, first_alert, gaps, period, png_name, runs
+from edge_agent.report.parse import ChannelSeries, Machine, epoch_s
 
 # -- plot -----------------------------------------------------------------------------------------
 COLOURS = {"score": "#1d3c78", "threshold": "#e08600", "alarm_threshold": "#c62828",
@@ -189,7 +189,7 @@ def render_png(machine: Machine, f: Facts) -> bytes:
     ----------
     machine : Machine
     f : Facts
-        Its summary (:func:`edge_agent.report.facts`): channels and time span.
+        Its summary (:func:`edge_agent.report.command.facts`): channels and time span.
 
     Returns
     -------

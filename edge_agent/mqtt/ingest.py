@@ -363,12 +363,12 @@ def decode_message(topics, topic: str, payload: bytes, *, limits: Limits = DEFAU
                    now_s: float | None = None) -> Frame | FeatureRecord | None:
     """Decode a message received on a ``raw`` or ``features`` topic, counting the outcome.
 
-    ``topics`` is the agent's :class:`edge_agent.topics.Topics`, ``counter`` a
-    :class:`edge_agent.sensor_health.RejectionCounter`. Returns
+    ``topics`` is the agent's :class:`edge_agent.mqtt.topics.Topics`, ``counter`` a
+    :class:`edge_agent.runtime.sensor_health.RejectionCounter`. Returns
     ``None`` when the message is refused; the refusal is then in ``counter``
     (a topic that does not parse counts as ``bad_topic`` for the agent).
     """
-    from edge_agent.topics import TopicError
+    from edge_agent.mqtt.topics import TopicError
 
     try:
         ref = topics.parse(topic)
