@@ -92,8 +92,8 @@ def start_broker(directory: Path):
 
 def agent_config(broker, state_dir: Path, n: int):
     from edge_agent.runtime.config import AgentConfig, ChannelConfig, MachineConfig, TopicsConfig
-    from edge_agent.mqtt.ingest import Limits
-    from edge_agent.mqtt.publisher import MqttSettings
+    from edge_agent.runtime.validation import Limits
+    from edge_agent.runtime.config import MqttSettings
     PREFIX, SITE, USERS = repo_broker().PREFIX, repo_broker().SITE, repo_broker().USERS
     machines = tuple(MachineConfig(id=f"bearing-{m:02d}", bearing="pronostia", rpm=RPM,
                                    window_s=TICK_S,
@@ -178,6 +178,7 @@ def feed_live(agent, snaps, n: int, cycles: int, spread: bool) -> dict[str, floa
 def measure_latency(broker, tmp: Path, snaps, n: int, cycles: int, sub,
                     spread: bool) -> dict:
     """Baselines first (checkpointed), then a fresh agent restores them and goes live."""
+    from edge_agent.mqtt.link import connect_agent
     from edge_agent.runtime.agent import Agent
 
     config = agent_config(broker, tmp / "state", n)
@@ -185,12 +186,12 @@ def measure_latency(broker, tmp: Path, snaps, n: int, cycles: int, sub,
     learn_baselines(config, snaps, n)
     agent = Agent(config)
     agent.restore()
-    agent.connect()
-    if not agent.publisher.wait_connected(10):
+    link = connect_agent(agent)
+    if not link.publisher.wait_connected(10):
         raise RuntimeError("the agent could not connect to the broker")
     committed: dict[str, float] = {}
     put_s: list[float] = []
-    publish = agent.publisher.publish_alert
+    publish = link.publisher.publish_alert
 
     def timed_publish(alert):  # instrumentation only: when the alert is durable in the outbox
         t0 = time.time()
@@ -199,7 +200,7 @@ def measure_latency(broker, tmp: Path, snaps, n: int, cycles: int, sub,
         put_s.append(t1 - t0)
         return seq
 
-    agent.publisher.publish_alert = timed_publish
+    link.publisher.publish_alert = timed_publish
     before = dict(agent.stats)
     stop = threading.Event()
     worker = threading.Thread(target=agent.run, args=(stop,), name="agent")
@@ -271,7 +272,8 @@ def measure_put(tmp: Path, items) -> float:
 def measure_drain(broker, tmp: Path, items, sub) -> dict:
     """Alerts per second from a full outbox through the publisher to the subscriber."""
     from edge_agent.mqtt.outbox import Outbox
-    from edge_agent.mqtt.publisher import MqttSettings, Publisher
+    from edge_agent.mqtt.publisher import Publisher
+    from edge_agent.runtime.config import MqttSettings
     from edge_agent.mqtt.topics import Topics
 
     PREFIX, SITE, USERS = repo_broker().PREFIX, repo_broker().SITE, repo_broker().USERS

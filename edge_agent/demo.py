@@ -58,9 +58,9 @@ class ChainSource:
 
 def demo_config(broker, state_dir: Path, data: Path):
     from edge_agent.runtime.config import AgentConfig, MachineConfig, TopicsConfig
-    from edge_agent.mqtt.ingest import Limits
+    from edge_agent.runtime.validation import Limits
     from edge_agent.models import DetectorConfig
-    from edge_agent.mqtt.publisher import MqttSettings
+    from edge_agent.runtime.config import MqttSettings
 
     machines = []
     for machine, _, _, opts in SCENARIOS:
@@ -108,6 +108,7 @@ class Operator:
 def demo_command(args, out=sys.stdout) -> int:
     from edge_agent.runtime.agent import Agent
     from edge_agent.mqtt.embedded_broker import EmbeddedBroker
+    from edge_agent.mqtt.link import connect_agent
     from edge_agent.logs import setup_logging
     from edge_agent.runtime.sources import ReplaySource
 
@@ -130,8 +131,8 @@ def demo_command(args, out=sys.stdout) -> int:
     operator = Operator(broker, out)
     agent = Agent(demo_config(broker, state_dir, data))
     try:
-        agent.connect()
-        if not agent.publisher.wait_connected(15):
+        link = connect_agent(agent)
+        if not link.publisher.wait_connected(15):
             raise UsageError("the agent could not connect to the demo broker")
         time.sleep(1.0)  # let the operator subscribe before the first alert
         # CWRU recordings carry no date: let them run as if recorded this morning.
@@ -148,12 +149,12 @@ def demo_command(args, out=sys.stdout) -> int:
             worker.join(1.0)
             s = agent.stats
             out.write(f"  ... {s['windows']} windows analysed, {s['alerts']} alerts published, "
-                      f"outbox {agent.outbox.depth}\n")
+                      f"outbox {link.outbox.depth}\n")
             out.flush()
-        agent.publisher.wait_idle(15)
+        link.publisher.wait_idle(15)
         operator.wait_for(agent.stats["alerts"], 15)
         elapsed = time.monotonic() - started
-        outbox_depth = agent.outbox.depth
+        outbox_depth = link.outbox.depth
     finally:
         agent.close()
         operator.stop()

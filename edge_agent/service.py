@@ -29,6 +29,7 @@ def run_command(args) -> int:
     from edge_agent.runtime.agent import Agent
     from edge_agent.runtime.config import load_config
     from edge_agent.logs import setup_logging
+    from edge_agent.mqtt.link import connect_agent
     from edge_agent.runtime.sources import ReplaySource
 
     from edge_agent.runtime.config import ConfigError, for_worker, unreadable_files
@@ -65,7 +66,7 @@ def run_command(args) -> int:
                               fs_hz=config.replay.fs_hz, machine=config.replay.machine,
                               position=agent.replay_position)
     try:
-        agent.connect()
+        connect_agent(agent)
         agent.run(stop, source, exit_when_done=args.exit_after_replay)
     except Exception:
         log.exception("edge-agent failed", extra={"event": "crash"})

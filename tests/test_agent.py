@@ -16,6 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from edge_agent.mqtt.link import connect_agent
 from edge_agent.runtime.agent import Agent
 from edge_agent.runtime.config import load_config
 from edge_agent.demo import SCENARIOS, ChainSource, demo_config
@@ -62,7 +63,7 @@ class Subscriber:
 
 
 def mqtt_settings(broker, **changes):
-    from edge_agent.mqtt.publisher import MqttSettings
+    from edge_agent.runtime.config import MqttSettings
 
     return MqttSettings(host=broker.host, port=broker.port, username="agent",
                         password=USERS["agent"], reconnect_min_s=0.2, reconnect_max_s=1.0,
@@ -93,8 +94,8 @@ def test_a_30_s_broker_outage_mid_replay_loses_no_alert(broker, tmp_path):
     config = replace(base, state_dir=tmp_path / "agent", mqtt=mqtt_settings(broker),
                      topics=replace(base.topics, prefix=PREFIX, site=SITE))
     agent = Agent(config)
-    agent.connect()
-    assert agent.publisher.wait_connected(10)
+    link = connect_agent(agent)
+    assert link.publisher.wait_connected(10)
     time.sleep(1.0)  # the subscriber has subscribed
     stop = threading.Event()
     # FEMTO's 2 h 25 min at 300x: about 30 s; its alerts come near the end, the motors' after.
@@ -105,10 +106,10 @@ def test_a_30_s_broker_outage_mid_replay_loses_no_alert(broker, tmp_path):
     broker.stop()
     outage_started = time.monotonic()
     time.sleep(30.0)
-    queued = agent.outbox.depth
+    queued = link.outbox.depth
     broker.start()
     worker.join(120)
-    assert agent.publisher.wait_idle(60), "the outbox did not drain after the outage"
+    assert link.publisher.wait_idle(60), "the outbox did not drain after the outage"
     subscriber.wait_for([a["id"] for a in expected], 30)
     agent.close()
     subscriber.stop()

@@ -8,12 +8,11 @@ import re
 import pytest
 
 from edge_agent.runtime.alerts import AlertPolicy
-from edge_agent.runtime.config import (AgentConfig, ConfigError, MachineConfig, OutboxConfig,
+from edge_agent.runtime.config import (AgentConfig, ConfigError, MachineConfig, MqttSettings, OutboxConfig,
                                ReplayConfig, ResourcesConfig, TopicsConfig, load_config,
                                parse_config)
-from edge_agent.mqtt.ingest import Limits
+from edge_agent.runtime.validation import Limits
 from edge_agent.models import DetectorConfig
-from edge_agent.mqtt.publisher import MqttSettings
 from tests.conftest import REPO
 from tests.test_cli import edge_agent
 

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent.frame import FeatureRecord, Frame
-from edge_agent.runtime.sensor_health import RejectionCounter
-from edge_agent.mqtt.ingest import (HEADER, MAGIC, REASONS, Limits, PayloadError,
-                               check_frame, decode_features, decode_message, decode_raw,
-                               encode_features, encode_raw, encode_raw_json)
+from edge_agent.mqtt.ingest import (HEADER, MAGIC, decode_features, decode_message, decode_raw,
+                                    encode_features, encode_raw, encode_raw_json)
 from edge_agent.mqtt.topics import Topics
+from edge_agent.runtime.sensor_health import RejectionCounter
+from edge_agent.runtime.validation import REASONS, Limits, PayloadError, check_frame
 
 T0 = 1714564800.25  # 2024-05-01T12:00:00.25Z
 

@@ -20,7 +20,9 @@ import pytest
 from edge_agent.mqtt.ingest import decode_raw, encode_raw
 from edge_agent.mqtt.operator import add_alerts_parser, alerts_command
 from edge_agent.mqtt.outbox import Outbox
-from edge_agent.mqtt.publisher import MqttSettings, Publisher, make_client
+from edge_agent.mqtt.client import make_client
+from edge_agent.mqtt.publisher import Publisher
+from edge_agent.runtime.config import MqttSettings
 from edge_agent.schema import channel_status, load_schema, machine_status_doc
 from edge_agent.mqtt.topics import Topics, alerts_filter
 from tests.broker import PREFIX, SITE, USERS, Broker
@@ -205,7 +207,8 @@ def test_retained_status_documents_validate(broker, agents, collectors):
 AGENT_SCRIPT = """
 import sys, time
 from edge_agent.mqtt.outbox import Outbox
-from edge_agent.mqtt.publisher import MqttSettings, Publisher
+from edge_agent.mqtt.publisher import Publisher
+from edge_agent.runtime.config import MqttSettings
 from edge_agent.mqtt.topics import Topics
 host, port, password, path = sys.argv[1:5]
 pub = Publisher(MqttSettings(host=host, port=int(port), username="agent", password=password,
@@ -552,3 +555,11 @@ def test_one_status_in_flight_per_topic_and_the_newest_wins(offline_publisher):
     _ack(pub, sent[-1][0], 0x00, "success")
     pub._pump()
     assert len(sent) == 2 and pub.wait_idle(0)
+
+
+def test_queue_full_is_paho_s_code():
+    from paho.mqtt.enums import MQTTErrorCode
+
+    from edge_agent.mqtt.client import QUEUE_FULL
+
+    assert QUEUE_FULL == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from edge_agent.runtime.agent import Agent
 from edge_agent.runtime.config import parse_config
 from edge_agent.frame import Frame
-from edge_agent.mqtt.ingest import HEADER, REASONS, encode_raw, encode_raw_json
+from edge_agent.mqtt.ingest import HEADER, encode_raw, encode_raw_json
+from edge_agent.runtime.validation import REASONS
 from edge_agent.mqtt.link import ingest_message, machine_status
 from edge_agent.schema import load_schema
 from tests.conftest import SAMPLE_DATA, load_cwru_de

@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.runtime.alerts import AlertPolicy, MachineAlerter, build_alert
 from edge_agent.frame import FeatureRecord
-from edge_agent.mqtt.ingest import REASONS
+from edge_agent.runtime.validation import REASONS
 from edge_agent.jsonl import dumps
 from edge_agent.models.detector import Contribution, Verdict
 from edge_agent.schema import (NAMES, agent_status_doc, channel_status, load_schema,

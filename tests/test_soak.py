@@ -64,7 +64,8 @@ def rss_mb(pid: int) -> float:
 
 def sensors(broker, stop: threading.Event, sent: list[int]) -> None:
     """Every second, one real snapshot per channel, published as a raw frame."""
-    from edge_agent.mqtt.publisher import MqttSettings, make_client
+    from edge_agent.mqtt.client import make_client
+    from edge_agent.runtime.config import MqttSettings
 
     with np.load(SAMPLE_DATA / "femto" / "femto_learning_Bearing1_2.npz") as z:
         # the healthy first half: this is a memory soak, not a fault

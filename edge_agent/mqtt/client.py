@@ -1,4 +1,5 @@
-"""Reaching the broker: connection settings and a configured paho-mqtt 2.x client.
+"""Reaching the broker: a paho-mqtt 2.x client configured from
+:class:`~edge_agent.runtime.config.MqttSettings`.
 
 Shared by the agent's publisher and the operator's ``edge-agent alerts``.
 Passwords never appear in ``repr`` or in logs; paho's logger only sees packet
@@ -9,73 +10,10 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass, field
-
 from edge_agent.errors import UsageError
+from edge_agent.runtime.config import MqttSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    """How to reach the broker. ``password`` never appears in ``repr`` or in logs.
-
-    ``port`` defaults to 8883 with TLS, 1883 without. TLS is on when ``tls`` is
-    set or a CA or client certificate is given; without ``tls_ca`` the system's
-    CAs are trusted. ``tls_insecure`` skips the host-name check (the chain is
-    still verified) and is logged as a warning. ``password_file`` is read when
-    the client is created (first line; the newline is not part of the password).
-    ``inflight`` bounds unacknowledged outbox messages; reconnects back off
-    exponentially from ``reconnect_min_s`` to ``reconnect_max_s``.
-    """
-
-    host: str = "localhost"
-    port: int | None = None
-    protocol: str = "5"
-    client_id: str | None = None
-    keepalive_s: int = 30
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    password_file: str | None = None
-    tls: bool = False
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_insecure: bool = False
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    inflight: int = 16
-    max_refusals: int = 5
-
-    def __post_init__(self):
-        if self.protocol not in ("5", "3.1.1"):
-            raise UsageError(f"MQTT protocol must be '5' or '3.1.1', got {self.protocol!r}")
-        if self.password is not None and self.password_file is not None:
-            raise UsageError("give the MQTT password or a password file, not both")
-        if self.tls_key is not None and self.tls_cert is None:
-            raise UsageError("a TLS client key needs its certificate (tls_cert)")
-        if not (self.inflight >= 1 and self.max_refusals >= 1 and self.keepalive_s >= 1):
-            raise UsageError("inflight, max_refusals and keepalive_s must be at least 1")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            raise UsageError("need 0 < reconnect_min_s <= reconnect_max_s")
-
-    @property
-    def use_tls(self) -> bool:
-        return bool(self.tls or self.tls_ca or self.tls_cert)
-
-    @property
-    def broker_port(self) -> int:
-        return self.port or (8883 if self.use_tls else 1883)
-
-    def resolve_password(self) -> str | None:
-        if self.password_file is None:
-            return self.password
-        try:
-            with open(self.password_file, encoding="utf-8") as f:
-                return f.readline().rstrip("\r\n")
-        except OSError as exc:
-            raise UsageError(f"cannot read MQTT password file {self.password_file}: "
-                             f"{exc.strerror}") from None
 
 
 def make_client(settings: MqttSettings, client_id: str, *, will: tuple[str, bytes] | None = None,
@@ -134,3 +72,20 @@ class _QuietShutdown(logging.Filter):
 def reason_name(code) -> str:
     """``ReasonCode`` → ``"not_authorized"``."""
     return code.getName().lower().replace(" ", "_").replace("-", "_")
+
+
+#: paho's return code when its own queue is full (we hold back and try again later).
+QUEUE_FULL = 15  # paho.mqtt.enums.MQTTErrorCode.MQTT_ERR_QUEUE_SIZE, checked in the tests
+
+
+def json_properties(protocol: str):
+    """MQTT 5 PUBLISH properties of a JSON document (UTF-8, application/json); None on 3.1.1."""
+    if protocol != "5":
+        return None
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.PayloadFormatIndicator = 1  # UTF-8 text
+    props.ContentType = "application/json"
+    return props

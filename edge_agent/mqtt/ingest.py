@@ -10,11 +10,12 @@ Three payload forms arrive over MQTT (specified byte by byte in ``docs/mqtt.md``
 * **JSON feature message** on ``…/<channel>/features``, from smart sensors:
   ``{"ts": …, "features": {name: value}, "rpm": …}``.
 
-The decoders raise only :class:`PayloadError`, whose ``reason`` is one of
-:data:`REASONS`; the agent counts it (:class:`RejectionCounter`) and shows the
-latest one as the channel's sensor health. A frame is refused, never repaired:
-features of a clipped or flat-lined signal would be learned or scored as if
-the machine had changed.
+The decoders raise only :class:`~edge_agent.runtime.validation.PayloadError`,
+whose ``reason`` is one of :data:`~edge_agent.runtime.validation.REASONS`; the
+content checks (time, rate, speed, samples) are those of
+:mod:`edge_agent.runtime.validation`, which every source's frames pass. The agent
+counts a refusal (:class:`RejectionCounter`) and shows the latest one as the
+channel's sensor health.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import logging
 import math
 import re
 import struct
-import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from edge_agent.frame import FeatureRecord, Frame
+from edge_agent.runtime.validation import (DEFAULT_LIMITS, Limits, PayloadError, check_rate,
+                                           check_rpm, check_samples, check_time)
 
 log = logging.getLogger(__name__)
 
@@ -39,71 +40,6 @@ VERSION = 1
 FLAG_RPM = 0x01
 HEADER = struct.Struct("<4sBBHddfI")  # magic, version, flags, reserved, ts_s, fs_hz, rpm, n
 FEATURE_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
-REASONS = ("oversized", "truncated", "bad_magic", "bad_version", "bad_header", "bad_json",
-           "bad_type", "missing_field", "bad_timestamp", "wrong_rate", "bad_rpm", "bad_feature",
-           "empty", "non_finite", "clipped", "flatline", "bad_topic")
-
-
-class PayloadError(ValueError):
-    """A payload refused at the edge; ``reason`` is one of :data:`REASONS`, ``detail`` says more."""
-
-    def __init__(self, reason: str, detail: str):
-        assert reason in REASONS, reason
-        self.reason, self.detail = reason, detail
-        super().__init__(f"{reason}: {detail}")
-
-    def __reduce__(self):
-        return (type(self), (self.reason, self.detail))
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a payload may be. Defaults accept any plausible sensor; tighten per deployment.
-
-    Parameters
-    ----------
-    max_bytes, max_samples, max_features : int
-        Size bounds (``oversized``); checked before anything is parsed.
-    expected_fs_hz : tuple of float
-        Sample rates the sensors are configured for; empty accepts any rate up
-        to ``max_fs_hz``. A rate within ``fs_tolerance`` (relative) matches.
-    clip_g : float or None
-        The sensor's full scale in g. A frame is ``clipped`` when at least
-        ``max(clip_min_count, clip_fraction × n)`` samples reach 99.5 % of it.
-        ``None`` (unknown range) disables the check.
-    flat_std_g : float
-        A frame whose standard deviation is below this is ``flatline``
-        (a dead or disconnected sensor; a stopped machine still shows sensor noise).
-    flat_run_fraction : float
-        Also ``flatline`` when one run of identical consecutive samples covers
-        this fraction of the frame (a stuck converter), and at least 16 samples.
-    min_ts_s, max_ts_s : float
-        Plausible timestamps (Unix s); the default upper bound (2100) catches
-        milliseconds sent as seconds.
-    max_future_s : float or None
-        Refuse timestamps this far ahead of the gateway clock; ``None`` does not check.
-    max_rpm : float
-        Largest plausible shaft speed.
-    """
-
-    max_bytes: int = 4 * 1024 * 1024
-    max_samples: int = 262_144
-    max_features: int = 1024
-    expected_fs_hz: tuple[float, ...] = ()
-    fs_tolerance: float = 0.01
-    max_fs_hz: float = 1_000_000.0
-    clip_g: float | None = None
-    clip_fraction: float = 0.001
-    clip_min_count: int = 3
-    flat_std_g: float = 1e-6
-    flat_run_fraction: float = 0.5
-    min_ts_s: float = 0.0
-    max_ts_s: float = 4102444800.0
-    max_future_s: float | None = None
-    max_rpm: float = 100_000.0
-
-
-DEFAULT_LIMITS = Limits()
 
 
 # -- encoding (tests, demo, sensor simulators) ----------------------------------------------------
@@ -150,10 +86,10 @@ def decode_raw(payload: bytes, machine: str, channel: str, *, limits: Limits = D
     else:
         raise PayloadError("bad_magic", f"starts with {payload[:4]!r}: neither binary frame "
                                         f"(EAVF) nor a JSON object")
-    _check_time(ts, limits, now_s)
-    _check_rate(fs, limits)
-    rpm = _check_rpm(rpm, limits)
-    _check_samples(samples, limits)
+    check_time(ts, limits, now_s)
+    check_rate(fs, limits)
+    rpm = check_rpm(rpm, limits)
+    check_samples(samples, limits)
     return Frame(machine, channel, ts, fs, samples, rpm, source)
 
 
@@ -186,29 +122,8 @@ def decode_features(payload: bytes, machine: str, channel: str, *,
         rpm = speed
     if not features:
         raise PayloadError("empty", "no feature with a value")
-    _check_time(ts, limits, now_s)
-    return FeatureRecord(machine, channel, ts, features, _check_rpm(rpm, limits), source)
-
-
-def check_frame(frame: Frame, limits: Limits = DEFAULT_LIMITS, *,
-                now_s: float | None = None) -> Frame:
-    """Apply the content checks to a frame from any source (a recording, a simulator).
-
-    Time, rate, speed and samples are checked as for a payload (:class:`PayloadError`
-    with the same reasons); size limits are not, since they guard the network
-    side and a recording's reader chooses its own block size.
-    """
-    samples = np.asarray(frame.samples)
-    if samples.ndim != 1 or samples.dtype.kind != "f":
-        raise PayloadError("bad_type", f"samples must be a 1-D float array, got {samples.dtype} "
-                                       f"with shape {samples.shape}")
-    if samples.size == 0:
-        raise PayloadError("empty", "no samples")
-    _check_time(frame.start_s, limits, now_s)
-    _check_rate(frame.fs_hz, limits)
-    _check_rpm(frame.rpm, limits)
-    _check_samples(samples, limits)
-    return frame
+    check_time(ts, limits, now_s)
+    return FeatureRecord(machine, channel, ts, features, check_rpm(rpm, limits), source)
 
 
 def _as_bytes(payload, limits: Limits) -> bytes:
@@ -311,51 +226,6 @@ def _timestamp(value) -> float:
         return float(value)
     except OverflowError:
         raise PayloadError("bad_timestamp", "ts is too large") from None
-
-
-def _check_time(ts: float, limits: Limits, now_s: float | None) -> None:
-    if not (math.isfinite(ts) and limits.min_ts_s <= ts <= limits.max_ts_s):
-        raise PayloadError("bad_timestamp", f"ts {ts!r} outside [{limits.min_ts_s}, "
-                                            f"{limits.max_ts_s}] Unix s")
-    if limits.max_future_s is not None:
-        now = time.time() if now_s is None else now_s
-        if ts > now + limits.max_future_s:
-            raise PayloadError("bad_timestamp", f"ts is {ts - now:.0f} s ahead of the gateway clock")
-
-
-def _check_rate(fs: float, limits: Limits) -> None:
-    if not (math.isfinite(fs) and 0 < fs <= limits.max_fs_hz):
-        raise PayloadError("wrong_rate", f"sample rate {fs!r} Hz outside (0, {limits.max_fs_hz}]")
-    if limits.expected_fs_hz and not any(abs(fs - e) <= limits.fs_tolerance * e
-                                         for e in limits.expected_fs_hz):
-        raise PayloadError("wrong_rate", f"sample rate {fs:g} Hz, expected "
-                                         f"{', '.join(f'{e:g}' for e in limits.expected_fs_hz)}")
-
-
-def _check_rpm(rpm: float | None, limits: Limits) -> float | None:
-    if rpm is not None and not (math.isfinite(rpm) and 0 <= rpm <= limits.max_rpm):
-        raise PayloadError("bad_rpm", f"rpm {rpm!r} outside [0, {limits.max_rpm}]")
-    return rpm
-
-
-def _check_samples(x: np.ndarray, limits: Limits) -> None:
-    finite = np.isfinite(x)
-    if not finite.all():
-        raise PayloadError("non_finite", f"{x.size - int(finite.sum())} of {x.size} samples "
-                                         f"are NaN or infinite")
-    if limits.clip_g is not None:
-        at_rail = int(np.count_nonzero(np.abs(x) >= 0.995 * limits.clip_g))
-        if at_rail >= max(limits.clip_min_count, limits.clip_fraction * x.size):
-            raise PayloadError("clipped", f"{at_rail} of {x.size} samples at the sensor's "
-                                          f"full scale ({limits.clip_g:g} g)")
-    std = float(np.std(x, dtype=np.float64))
-    if not std >= limits.flat_std_g:
-        raise PayloadError("flatline", f"standard deviation {std:.3g} g below "
-                                       f"{limits.flat_std_g:g} g")
-    changes = np.flatnonzero(x[1:] != x[:-1])
-    longest = int(np.diff(np.concatenate(([-1], changes, [x.size - 1]))).max())
-    if longest >= max(16, limits.flat_run_fraction * x.size):
-        raise PayloadError("flatline", f"{longest} identical samples in a row of {x.size}")
 
 
 def decode_message(topics, topic: str, payload: bytes, *, limits: Limits = DEFAULT_LIMITS,

@@ -1,10 +1,18 @@
-"""The agent's side of MQTT: what it subscribes to, and the status it keeps retained."""
+"""The agent's side of MQTT: what it subscribes to, how it queues alerts, and the status it
+keeps retained."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
+from edge_agent.mqtt.ingest import decode_message
+from edge_agent.mqtt.outbox import Outbox
+from edge_agent.mqtt.publisher import Publisher
+from edge_agent.mqtt.topics import TopicError, Topics
+from edge_agent.runtime.agent import agent_version
+from edge_agent.runtime.config import TopicsConfig
 from edge_agent.schema import channel_status, machine_status_doc
 
 log = logging.getLogger(__name__)
@@ -31,13 +39,10 @@ def _channel_allowed(agent, machine: str, channel: str) -> bool:
     return not m.channels or any(c.name == channel for c in m.channels)
 
 
-def agent_topics(agent):
-    from edge_agent.mqtt.topics import Topics
-
-    if getattr(agent, "topics", None) is None:
-        t = agent.config.topics
-        agent.topics = Topics(t.prefix, t.site, t.area)
-    return agent.topics
+@functools.lru_cache(maxsize=8)
+def topics_of(config: TopicsConfig):
+    """The topic tree of a ``[topics]`` table."""
+    return Topics(config.prefix, config.site, config.area)
 
 
 def ingest_message(agent, topic: str, payload: bytes) -> None:
@@ -46,10 +51,7 @@ def ingest_message(agent, topic: str, payload: bytes) -> None:
     Runs on paho's network thread: it never raises and never blocks. A refusal
     is counted per machine, channel and reason (shown in the machine status).
     """
-    from edge_agent.mqtt.ingest import decode_message
-    from edge_agent.mqtt.topics import TopicError
-
-    topics = agent_topics(agent)
+    topics = topics_of(agent.config.topics)
     try:
         ref = topics.parse(topic)
     except TopicError as exc:
@@ -67,44 +69,73 @@ def ingest_message(agent, topic: str, payload: bytes) -> None:
         agent.submit(item)
 
 
-def connect_agent(agent) -> None:
-    """Open the outbox, start the publisher and subscribe to raw frames, features and commands."""
-    from edge_agent.mqtt.outbox import Outbox
-    from edge_agent.mqtt.publisher import Publisher
-    from edge_agent.mqtt.topics import TopicError
+class AgentLink:
+    """An agent's connection to the broker: its outbox, publisher and subscriptions.
 
-    config = agent.config
-    topics = agent_topics(agent)
-    agent.outbox = Outbox(config.state_dir / "outbox.sqlite",
-                          max_messages=config.outbox.max_messages,
-                          max_age_s=config.outbox.max_age_days * 86400.0,
-                          max_dead_letters=config.outbox.max_dead_letters)
-    agent.publisher = Publisher(config.mqtt, agent.outbox, topics, config.mqtt_id,
-                                machines=[m.id for m in config.machines])
+    The agent calls :meth:`publish_alert`, :meth:`publish_status` and :meth:`close`
+    (see :attr:`edge_agent.runtime.agent.Agent.link`); it knows nothing else of MQTT.
+    """
 
-    def on_rebaseline(topic: str, payload: bytes) -> None:
+    def __init__(self, agent):
+        config = agent.config
+        self.agent = agent
+        self.topics = topics_of(config.topics)
+        self.outbox = Outbox(config.state_dir / "outbox.sqlite",
+                             max_messages=config.outbox.max_messages,
+                             max_age_s=config.outbox.max_age_days * 86400.0,
+                             max_dead_letters=config.outbox.max_dead_letters)
+        self.publisher = Publisher(config.mqtt, self.outbox, self.topics, config.mqtt_id,
+                                   machines=[m.id for m in config.machines])
+        self.publisher.subscribe(self.topics.raw_filter(),
+                                 lambda t, p: ingest_message(agent, t, p))
+        self.publisher.subscribe(self.topics.features_filter(),
+                                 lambda t, p: ingest_message(agent, t, p))
+        self.publisher.subscribe(self.topics.rebaseline_filter(), self._on_rebaseline)
+
+    def start(self) -> None:
+        self.publisher.start()
+
+    def _on_rebaseline(self, topic: str, payload: bytes) -> None:
         try:
-            machine = topics.parse(topic).machine
+            machine = self.topics.parse(topic).machine
         except TopicError as exc:
             log.warning("re-baseline command on a bad topic", extra={"event": "bad_command",
                                                                      "detail": str(exc)})
             return
-        if not agent.known(machine):
+        if not self.agent.known(machine):
             log.warning("re-baseline for an unknown machine ignored",
                         extra={"event": "bad_command", "machine": machine})
             return
-        agent.submit(("rebaseline", machine))
+        self.agent.submit(("rebaseline", machine))
 
-    agent.publisher.subscribe(topics.raw_filter(), lambda t, p: ingest_message(agent, t, p))
-    agent.publisher.subscribe(topics.features_filter(), lambda t, p: ingest_message(agent, t, p))
-    agent.publisher.subscribe(topics.rebaseline_filter(), on_rebaseline)
-    agent.publisher.start()
+    def publish_alert(self, alert: dict) -> None:
+        """Commit ``alert`` to the outbox (durable on return); it is sent from there."""
+        self.publisher.publish_alert(alert)
+
+    def publish_status(self) -> None:
+        """Every machine's retained status and the agent's."""
+        agent = self.agent
+        known = {m for m, _ in agent.channel_view} | {m.id for m in agent.config.machines}
+        for machine in sorted(known):
+            self.publisher.publish_status(self.topics.machine_status(machine),
+                                          machine_status(agent, machine, self.outbox.depth))
+        self.publisher.publish_agent_status(lag_s=agent.lag_s, processing=agent.stats)
+
+    def close(self, drain_s: float = 5.0) -> None:
+        self.publisher.close(drain_s=drain_s)
+        self.outbox.close()
 
 
-def machine_status(agent, machine: str) -> dict:
+def connect_agent(agent) -> AgentLink:
+    """Link ``agent`` to its broker (connecting in the background); returns the link."""
+    link = AgentLink(agent)
+    agent.link = link
+    link.start()
+    return link
+
+
+def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:
     """The retained status document of one machine."""
-    from edge_agent.runtime.agent import agent_version
-
     channels = {}
     health = agent.rejections.channels(machine)
     names = sorted({c for m, c in agent.channel_view if m == machine} | set(health))
@@ -120,17 +151,6 @@ def machine_status(agent, machine: str) -> dict:
             windows=agent.indices.get((machine, channel)),
             sensor_health=sensor["sensor_health"], rejected=sensor["rejected"])
     return machine_status_doc(agent.config.id, machine, channels,
-                              outbox_depth=agent.outbox.depth if agent.outbox else 0,
+                              outbox_depth=outbox_depth,
                               model_version=agent_version(agent, machine),
                               last_alert=agent.last_alert.get(machine), ts_s=agent.clock())
-
-
-def publish_status(agent) -> None:
-    """Every machine's retained status and the agent's, when connected to a broker."""
-    if agent.publisher is None:
-        return
-    known = {m for m, _ in agent.channel_view} | {m.id for m in agent.config.machines}
-    for machine in sorted(known):
-        agent.publisher.publish_status(agent.topics.machine_status(machine),
-                                       machine_status(agent, machine))
-    agent.publisher.publish_agent_status(lag_s=agent.lag_s, processing=agent.stats)

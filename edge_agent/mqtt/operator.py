@@ -105,7 +105,8 @@ def format_alert(alert: dict) -> str:
 def alerts_command(args: argparse.Namespace, out=None) -> int:
     """Run ``edge-agent alerts`` (see :func:`add_alerts_parser`); returns the exit status."""
     from edge_agent.errors import UsageError
-    from edge_agent.mqtt.publisher import MqttSettings, make_client, reason_name
+    from edge_agent.mqtt.client import make_client, reason_name
+    from edge_agent.runtime.config import MqttSettings
     from edge_agent.mqtt.topics import TopicError, alerts_filter
 
     out = out or sys.stdout

@@ -43,7 +43,8 @@ from collections.abc import Callable, Iterable
 
 from edge_agent import __version__
 from edge_agent.jsonl import dumps
-from edge_agent.mqtt.client import MqttSettings, make_client, reason_name  # noqa: F401 (re-exported)
+from edge_agent.mqtt.client import QUEUE_FULL, json_properties, make_client, reason_name
+from edge_agent.runtime.config import MqttSettings
 from edge_agent.mqtt.outbox import PRIORITY, Outbox
 from edge_agent.mqtt.retained import RetainedBoard
 from edge_agent.schema import agent_status_doc
@@ -351,8 +352,8 @@ class Publisher:
                     blocked.add(msg.topic)
                     continue
                 info = self._client.publish(msg.topic, msg.payload, msg.qos, msg.retain,
-                                            properties=self._properties())
-                if info.rc == _queue_full():
+                                            properties=json_properties(self.settings.protocol))
+                if info.rc == QUEUE_FULL:
                     full = True
                     break
                 self._inflight[info.mid] = msg.seq
@@ -367,8 +368,8 @@ class Publisher:
         def publish(topic, payload):
             if not self.connected:
                 return None
-            info = self._client.publish(topic, payload, 1, True, properties=self._properties())
-            return None if info.rc == _queue_full() else info.mid
+            info = self._client.publish(topic, payload, 1, True, properties=json_properties(self.settings.protocol))
+            return None if info.rc == QUEUE_FULL else info.mid
 
         self._statuses.pump(publish, first)
 
@@ -424,17 +425,6 @@ class Publisher:
                                 outbox=self.outbox.status() if with_ts else None, mqtt=mqtt,
                                 lag_s=lag_s, processing=processing)
 
-    def _properties(self):
-        if self.settings.protocol != "5":
-            return None
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        props = Properties(PacketTypes.PUBLISH)
-        props.PayloadFormatIndicator = 1  # UTF-8 text
-        props.ContentType = "application/json"
-        return props
-
     def _bump(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counters[name] += n
@@ -450,9 +440,3 @@ class Publisher:
         if message != last or time.monotonic() - when > 60.0:
             self._last_problem = (message, time.monotonic())
             log.error(message, extra={"event": "mqtt_connect_failed"})
-
-
-def _queue_full():
-    from paho.mqtt.enums import MQTTErrorCode
-
-    return MQTTErrorCode.MQTT_ERR_QUEUE_SIZE

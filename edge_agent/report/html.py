@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge_agent import __version__
 from edge_agent.errors import UsageError
-from edge_agent.report.command import Facts, alert_counts, first_alert, gaps, period, png_name, runs
+from edge_agent.report.facts import Facts, alert_counts, first_alert, gaps, period, png_name, runs
 from edge_agent.report.parse import ChannelSeries, Machine, epoch_s
 
 # -- plot -----------------------------------------------------------------------------------------

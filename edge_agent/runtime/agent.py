@@ -68,7 +68,9 @@ class Agent:
         self._specs: dict[str, FeatureSpec] = {}
         self._train_s = 0.0  # recent time spent on model updates (fading, 30 s constant)
         self._accounted_at = time.monotonic()
-        self.publisher = self.outbox = self.topics = None
+        #: Where alerts and status go (:class:`edge_agent.mqtt.link.AgentLink`): an object with
+        #: ``publish_alert(alert)``, ``publish_status()`` and ``close(drain_s)``; None offline.
+        self.link = None
 
     # -- configuration ----------------------------------------------------------------------------
     def machine_config(self, machine: str) -> MachineConfig:
@@ -203,7 +205,7 @@ class Agent:
 
         ``live`` says whether the items arrived now (MQTT) or come from a recording.
         """
-        from edge_agent.mqtt.ingest import PayloadError, check_frame
+        from edge_agent.runtime.validation import PayloadError, check_frame
 
         alerts, windows, records = [], [], []
         for item in items:
@@ -270,8 +272,8 @@ class Agent:
                 self.stats["alerts"] += 1
                 self.last_alert[rec.machine] = alert
                 self.recent_alerts.append(alert)
-                if self.publisher is not None:
-                    self.publisher.publish_alert(alert)  # durable before the next window
+                if self.link is not None:
+                    self.link.publish_alert(alert)  # durable before the next window
                 log.warning(alert["summary"], extra={"event": "alert", "alert_id": alert["id"],
                                                      "machine": alert["machine"],
                                                      "severity": alert["severity"]})
@@ -282,18 +284,6 @@ class Agent:
         self.windowers.pop(machine, None)
         log.warning("re-baseline ordered", extra={"event": "rebaseline", "machine": machine,
                                                   "channels": channels})
-
-    # -- MQTT -------------------------------------------------------------------------------------
-    def connect(self) -> None:
-        """Open the outbox, connect to the broker and subscribe to frames and commands."""
-        from edge_agent.mqtt.link import connect_agent
-
-        connect_agent(self)
-
-    def publish_status(self) -> None:
-        from edge_agent.mqtt.link import publish_status
-
-        publish_status(self)
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event, source=None, *, exit_when_done: bool = False) -> None:
@@ -319,10 +309,10 @@ class Agent:
                 self.checkpoint()
                 last_checkpoint = now
             if now - last_status >= resources.status_every_s:
-                self.publish_status()
+                self._publish_status()
                 last_status = now
         self.checkpoint()
-        self.publish_status()
+        self._publish_status()
 
     def _process_safely(self, items, live: bool) -> None:
         """:meth:`process`, but a failure is logged and counted, never the end of the agent."""
@@ -333,11 +323,13 @@ class Agent:
             log.exception("processing failed; the block is skipped", extra={
                 "event": "processing_error", "items": len(items)})
 
+    def _publish_status(self) -> None:
+        if self.link is not None:
+            self.link.publish_status()
+
     def close(self, drain_s: float = 5.0) -> None:
-        if self.publisher is not None:
-            self.publisher.close(drain_s=drain_s)
-        if self.outbox is not None:
-            self.outbox.close()
+        if self.link is not None:
+            self.link.close(drain_s=drain_s)
 
 
 def agent_version(agent: Agent, machine: str) -> str | None:

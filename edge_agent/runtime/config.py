@@ -3,7 +3,7 @@
 Every table maps onto a dataclass that the component it configures already
 defines (learning: :class:`~edge_agent.models.DetectorConfig`, alerts:
 :class:`~edge_agent.runtime.alerts.AlertPolicy`, limits: :class:`~edge_agent.mqtt.ingest.Limits`,
-MQTT: :class:`~edge_agent.mqtt.publisher.MqttSettings`), so the keys and their
+MQTT: :class:`MqttSettings`), so the keys and their
 defaults cannot drift from the code. ``docs/configuration.md`` documents every
 key and ``deploy/agent.example.toml`` shows them all; a test keeps the three in step.
 
@@ -19,13 +19,13 @@ import difflib
 import os
 import re
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.runtime.alerts import AlertPolicy
 from edge_agent.errors import UsageError
+from edge_agent.runtime.toml_build import ConfigError, convert, build
 from edge_agent.models.detector import DetectorConfig
 
 NAME = re.compile(r"[a-z0-9_.-]+\Z")
@@ -33,8 +33,66 @@ ENV_SECRETS = {"EDGE_AGENT_MQTT_HOST": "host", "EDGE_AGENT_MQTT_USERNAME": "user
                "EDGE_AGENT_MQTT_PASSWORD": "password", "EDGE_AGENT_MQTT_PASSWORD_FILE": "password_file"}
 
 
-class ConfigError(UsageError):
-    """A configuration problem; the message names the file, the key and the fix."""
+@dataclass(frozen=True)
+class MqttSettings:
+    """How to reach the broker. ``password`` never appears in ``repr`` or in logs.
+
+    ``port`` defaults to 8883 with TLS, 1883 without. TLS is on when ``tls`` is
+    set or a CA or client certificate is given; without ``tls_ca`` the system's
+    CAs are trusted. ``tls_insecure`` skips the host-name check (the chain is
+    still verified) and is logged as a warning. ``password_file`` is read when
+    the client is created (first line; the newline is not part of the password).
+    ``inflight`` bounds unacknowledged outbox messages; reconnects back off
+    exponentially from ``reconnect_min_s`` to ``reconnect_max_s``.
+    """
+
+    host: str = "localhost"
+    port: int | None = None
+    protocol: str = "5"
+    client_id: str | None = None
+    keepalive_s: int = 30
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    inflight: int = 16
+    max_refusals: int = 5
+
+    def __post_init__(self):
+        if self.protocol not in ("5", "3.1.1"):
+            raise UsageError(f"MQTT protocol must be '5' or '3.1.1', got {self.protocol!r}")
+        if self.password is not None and self.password_file is not None:
+            raise UsageError("give the MQTT password or a password file, not both")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise UsageError("a TLS client key needs its certificate (tls_cert)")
+        if not (self.inflight >= 1 and self.max_refusals >= 1 and self.keepalive_s >= 1):
+            raise UsageError("inflight, max_refusals and keepalive_s must be at least 1")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise UsageError("need 0 < reconnect_min_s <= reconnect_max_s")
+
+    @property
+    def use_tls(self) -> bool:
+        return bool(self.tls or self.tls_ca or self.tls_cert)
+
+    @property
+    def broker_port(self) -> int:
+        return self.port or (8883 if self.use_tls else 1883)
+
+    def resolve_password(self) -> str | None:
+        if self.password_file is None:
+            return self.password
+        try:
+            with open(self.password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read MQTT password file {self.password_file}: "
+                             f"{exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -101,7 +159,7 @@ class AgentConfig:
     checkpoint_every_s: float = 300.0
     log_level: str = "info"
     accept_unknown_machines: bool = False
-    mqtt: typing.Any = None  # MqttSettings (imported lazily: paho is not needed to check a file)
+    mqtt: MqttSettings = MqttSettings()
     topics: TopicsConfig = TopicsConfig()
     outbox: OutboxConfig = OutboxConfig()
     limits: typing.Any = None  # ingest.Limits
@@ -162,82 +220,6 @@ def for_worker(config: "AgentConfig", index: int, count: int) -> "AgentConfig":
         machines=tuple(m for m in config.machines if shard_of(m.id, count) == index))
 
 
-# -- building dataclasses from TOML tables ---------------------------------------------------------
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _convert(value, tp, key: str):
-    """``value`` as type ``tp`` or a ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _convert(value, option, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string (in quotes), got {value!r}")
-        return value
-    if tp is Path:
-        return Path(_convert(value, str, key)).expanduser()
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, key)
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
-
-
-def build(cls, table, key: str, base=None, skip=()):
-    """An instance of dataclass ``cls`` from a TOML table (unknown keys are errors).
-
-    ``base`` supplies the defaults (a more general table's values).
-    """
-    if not isinstance(table, dict):
-        raise ConfigError(f"{key}: expected a table, got {table!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
-    for name in table:
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else \
-                f"; known keys: {', '.join(sorted(fields))}"
-            raise ConfigError(f"{key}.{name}: unknown key{hint}")
-    values = {name: _convert(value, hints[name], f"{key}.{name}") for name, value in table.items()}
-    try:
-        return dataclasses.replace(base, **values) if base is not None else cls(**values)
-    except TypeError as exc:
-        missing = re.findall(r"'(\w+)'", str(exc))
-        raise ConfigError(f"{key}: missing required key {', '.join(missing) or str(exc)}") from None
-    except UsageError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-
-
 # -- the agent configuration -----------------------------------------------------------------------
 def _machine(table, index, defaults_learning, defaults_alerts) -> MachineConfig:
     key = f"machine[{index}]"
@@ -284,8 +266,7 @@ def _check_machine(m: MachineConfig, key: str) -> None:
 
 def parse_config(text: str, source: Path | None = None, environ=os.environ) -> AgentConfig:
     """An :class:`AgentConfig` from TOML text (see the module docstring)."""
-    from edge_agent.mqtt.ingest import Limits
-    from edge_agent.mqtt.publisher import MqttSettings
+    from edge_agent.runtime.validation import Limits
 
     where = str(source) if source else "config"
     try:
@@ -321,8 +302,8 @@ def parse_config(text: str, source: Path | None = None, environ=os.environ) -> A
         if len(set(ids)) != len(ids):
             raise ConfigError(f"machine: ids must be unique, got {ids}")
         config = AgentConfig(
-            id=_convert(agent.pop("id"), str, "agent.id"),
-            state_dir=_convert(agent.pop("state_dir"), Path, "agent.state_dir"),
+            id=convert(agent.pop("id"), str, "agent.id"),
+            state_dir=convert(agent.pop("state_dir"), Path, "agent.state_dir"),
             mqtt=build(MqttSettings, mqtt, "mqtt"),
             topics=build(TopicsConfig, doc.get("topics", {}), "topics"),
             outbox=build(OutboxConfig, doc.get("outbox", {}), "outbox"),
