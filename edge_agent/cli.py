@@ -39,6 +39,24 @@ def _positive(text: str) -> float:
     return value
 
 
+def _ranged(table: str, key: str, cast=float):
+    """An argparse type: ``cast`` the text and check it against the configuration key's range
+    (:mod:`edge_agent.runtime.ranges`), so the option and the key accept the same values."""
+    def convert(text: str):
+        from edge_agent.runtime.ranges import RANGES
+
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if cast is int else 'a number'}, got {text!r}") from None
+        rng = RANGES[table][key]
+        if not rng.contains(float(value)):
+            raise argparse.ArgumentTypeError(f"must be {rng.text()}, got {text!r}")
+        return value
+    return convert
+
+
 def _worker(text: str) -> tuple[int, int]:
     index, count = _two(text, "/", int, "I/N")
     if not 0 <= index < count:
@@ -60,10 +78,11 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
                    help="sample rate for waveforms that do not carry one (.npy, some .csv)")
     p.add_argument("--scale", type=_positive, default=1.0, metavar="G_PER_UNIT",
                    help="g per unit of generic waveforms (default 1)")
-    p.add_argument("--window-s", type=_positive, default=1.0, metavar="S",
+    p.add_argument("--window-s", type=_ranged("MachineConfig", "window_s"), default=1.0,
+                   metavar="S",
                    help="analysis window (default 1 s; a snapshot shorter than two "
                         "windows is analysed whole)")
-    p.add_argument("--hop-s", type=_positive, metavar="S",
+    p.add_argument("--hop-s", type=_ranged("MachineConfig", "hop_s"), metavar="S",
                    help="step between windows (default: the window)")
     p.add_argument("--rpm", type=_positive, help="shaft speed when the recording has none")
     p.add_argument("--bearing", metavar="SPEC",
@@ -102,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the alerts and a summary.")
     _add_input_options(p)
     baseline = p.add_mutually_exclusive_group()
-    baseline.add_argument("--baseline-windows", type=int, metavar="N",
+    baseline.add_argument("--baseline-windows", type=_ranged("DetectorConfig", "baseline_windows",
+                                                             int), metavar="N",
                           help="healthy windows per channel (and speed regime) to learn the "
                                "baseline from (default 120)")
     baseline.add_argument("--baseline-s", type=_positive, metavar="S",
@@ -179,9 +199,11 @@ def _cmd_features(args) -> int:
     options = InputOptions.from_args(args)
     out = sys.stdout
     for index, rec in feature_records(options):
-        out.write(dumps({"machine": rec.machine, "channel": rec.channel, "index": index,
-                         "ts": iso_time(rec.start_s), "source": rec.source,
-                         "features": rec.features}) + "\n")
+        row = {"machine": rec.machine, "channel": rec.channel, "index": index,
+               "ts": iso_time(rec.start_s), "source": rec.source, "features": rec.features}
+        if rec.rejected:  # no features: the window cannot be analysed, and this is why
+            row.update(rejected=rec.rejected, detail=rec.detail)
+        out.write(dumps(row) + "\n")
     return 0
 
 

@@ -70,6 +70,12 @@ class FeatureRecord:
         Shaft speed when the sensor reports it.
     source : str
         File and row the record came from.
+    rejected : str or None
+        Why the window cannot be analysed (one of
+        :data:`edge_agent.runtime.validation.REASONS`, e.g. ``"non_finite"``), with
+        ``features`` empty; such a record is never scored nor learned from.
+    detail : str
+        What was wrong, in words (for a rejected record).
     """
 
     machine: str
@@ -78,3 +84,5 @@ class FeatureRecord:
     features: dict[str, float]
     rpm: float | None = None
     source: str = ""
+    rejected: str | None = None
+    detail: str = ""

@@ -60,6 +60,68 @@ def test_reference_documents_every_key_with_the_codes_default(section):
             assert literal == expected, f"[{section}].{name}: docs say {literal}, code {expected}"
 
 
+def documented_ranges(section: str) -> dict[str, str]:
+    body = REFERENCE.split(f"## [{section}]\n", 1)[1].split("\n## ", 1)[0]
+    return {key: cells[1].strip() for cells in re.findall(r"^\| (`[^|]+`) \| [^|]* \| ([^|]*) \|",
+                                                          body, re.M)
+            for key in re.findall(r"`([a-z_0-9]+)`", cells[0])}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_numeric_key_has_a_range_and_the_reference_shows_it(section):
+    from edge_agent.runtime.ranges import RANGES, numeric_fields
+
+    cls = SECTIONS[section]
+    ranges = RANGES.get(cls.__name__, {})
+    assert set(numeric_fields(cls)) - NOT_KEYS.get(section, set()) == set(ranges)
+    shown = documented_ranges(section)
+    for key, rng in ranges.items():
+        assert shown[key] == rng.text(), f"[{section}].{key}: docs {shown[key]!r}, code {rng.text()!r}"
+    for key in set(shown) - set(ranges):
+        assert shown[key] == "—" or key == "channels", (section, key)
+
+
+@pytest.mark.parametrize("table, line, fragment", [
+    ("mqtt", "port = 99999", "mqtt.port = 99999 is out of range: use a value 1 to 65535"),
+    ("mqtt", "reconnect_min_s = 90.0", "reconnect_min_s <= reconnect_max_s"),
+    ("learning", "baseline_windows = -10", "learning.baseline_windows = -10 is out of range: use a "
+                                           "value 10 to 1000000"),
+    ("learning", "risk = 0.5", "learning.risk = 0.5 is out of range: use a value > 0 and < 0.2"),
+    ("alerts", "persistence_k = 6", "alerts.persistence_k = 6 is more than alerts.persistence_n"),
+    ("resources", "learn_budget = 0", "resources.learn_budget = 0.0 is out of range"),
+    ("limits", "expected_fs_hz = [25600, -1]", "limits.expected_fs_hz = [25600.0, -1.0] is out of "
+                                               "range: use values > 0"),
+])
+def test_a_value_out_of_range_is_refused_naming_key_and_range(table, line, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"[{table}]\n{line}\n" + MINIMAL)
+    assert fragment in str(info.value)
+
+
+def test_machine_and_channel_values_out_of_range(tmp_path):
+    bad_rate = MINIMAL + 'channels = [{name = "de", fs_hz = -5}]\n'
+    with pytest.raises(ConfigError, match=r"machine\[0\]\.channels\[0\]\.fs_hz = -5.0 is out of range"):
+        parse_config(bad_rate)
+    with pytest.raises(ConfigError, match=r"machine\[0\]\.learning\.baseline_windows = 5 is out of"):
+        parse_config(MINIMAL + "[machine.learning]\nbaseline_windows = 5\n")
+
+
+def test_replay_paths_are_checked_at_load(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text(MINIMAL + '[replay]\npaths = ["missing.mat"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"replay.paths[0] = '{tmp_path / 'missing.mat'}': no such file or directory" in str(info.value)
+    (tmp_path / "odd.bin").write_bytes(b"\x00" * 64)
+    path.write_text(MINIMAL + '[replay]\npaths = ["odd.bin"]\n')
+    with pytest.raises(ConfigError, match=r"replay.paths\[0\] = .*odd.bin': unknown format"):
+        load_config(path)
+    for command in (["config", "check", str(path)], ["run", "--config", str(path)]):
+        result = edge_agent(*command, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "replay.paths[0]" in result.stderr and "odd.bin" in result.stderr
+
+
 def test_example_shows_every_key_and_parses(tmp_path):
     config = load_config(EXAMPLE)
     assert config.id == "gw-hamburg-1" and config.mqtt.protocol == "5"

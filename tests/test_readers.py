@@ -141,11 +141,34 @@ def test_cwru_errors(tmp_path):
     expect_error(ragged, "X097_FE_time has 50 samples but X097_DE_time has 100")
     fake = tmp_path / "48k_fake.mat"
     fake.write_text("not a mat file at all")
-    expect_error(fake, "not a readable MATLAB")
+    expect_error(fake, "not a MATLAB v5 .mat file", "starts with b'not a mat fi'")
     truncated = tmp_path / "48k_Drive_End_B007_0_122.mat"
     data = (SAMPLE / "cwru" / truncated.name).read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
-    expect_error(truncated, "MATLAB")
+    expect_error(truncated, "a damaged or truncated MATLAB .mat file")
+
+
+def test_a_mat_file_is_read_before_its_rate_is_asked_for(tmp_path):
+    """A name without 12k/48k asks for --fs only once the file is a readable CWRU file."""
+    data = (SAMPLE / "cwru" / "normal_0_97.mat").read_bytes()
+    (tmp_path / "97.mat").write_bytes(data)
+    expect_error(tmp_path / "97.mat", "sample rate unknown", "--fs")
+    (tmp_path / "half.mat").write_bytes(data[: len(data) // 2])
+    expect_error(tmp_path / "half.mat", "damaged or truncated")
+    (tmp_path / "text.mat").write_text("hello")
+    expect_error(tmp_path / "text.mat", "not a MATLAB v5 .mat file")
+    scipy.io.savemat(tmp_path / "other.mat", {"foo": np.zeros(3)})
+    expect_error(tmp_path / "other.mat", "no variable ending in _DE_time")
+
+
+def test_a_directory_that_is_not_ims_says_what_it_holds(tmp_path):
+    shutil.copy(SAMPLE / "cwru" / "normal_0_97.mat", tmp_path)
+    shutil.copy(FEMTO, tmp_path)
+    (tmp_path / "notes").mkdir()
+    expect_error(tmp_path, "holds none: it has 1 .mat, 1 .npz, 1 directory",
+                 f"pass the files themselves, e.g. {tmp_path}/*.mat")
+    empty = tmp_path / "notes"
+    expect_error(empty, "empty directory")
 
 
 @needs_shared
@@ -235,7 +258,7 @@ def test_ims_errors(tmp_path):
                  call=lambda: read_recording(mixed))
     nothing = tmp_path / "nothing"
     nothing.mkdir()
-    expect_error(nothing, "no IMS snapshot files")
+    expect_error(nothing, "empty directory")
 
 
 @needs_shared
@@ -293,9 +316,11 @@ def test_femto_midnight_and_plain_name(tmp_path):
     frames = list(read_recording(path))
     assert frames[0].machine == "run7" and frames[0].rpm is None
     assert [f.start_s for f in frames[::2]] == [86390.0, 86399.5, 86409.5]
-    arrays["acc_start_h_m_s_us"][2] = [23, 0, 0, 0]
+    # A clock glitch (six hours back, no midnight) is no longer the end of the recording: the
+    # snapshot keeps the time it states, and the pipeline refuses it (tests/test_cli.py).
+    arrays["acc_start_h_m_s_us"][1] = [17, 59, 59, 500000]
     np.savez(path, **arrays)
-    expect_error(path, "snapshot 2: time of day goes back")
+    assert [f.start_s for f in read_recording(path)][::2] == [86390.0, 64799.5, 86409.5]
 
 
 @needs_shared
@@ -303,6 +328,20 @@ def test_femto_full_file_with_temperature_keys():
     frames = list(read_recording(SHARED / "femto" / "femto_learning_Bearing1_2.npz"))
     assert len(frames) == 871 * 2
     assert frames[-1].start_s - frames[0].start_s == pytest.approx(870 * 10.0)
+
+
+@needs_shared
+@pytest.mark.parametrize("name, snapshots, glitches", [
+    ("femto_learning_Bearing1_1.npz", 1402, [1060]),  # acc_02121 says 09:38:46 at 15:33
+    ("femto_test_Bearing1_3.npz", 1188, [])])
+def test_femto_sibling_runs_read_whole(name, snapshots, glitches):
+    frames = list(read_recording(SHARED / "femto" / name))
+    assert len(frames) == 2 * snapshots
+    t = np.array([f.start_s for f in frames[::2]])
+    assert list(np.flatnonzero(np.diff(t) < 0) + 1) == glitches
+    steps = np.diff(np.delete(t, glitches))
+    assert np.median(steps) == pytest.approx(20.0, abs=0.1)  # every second snapshot
+    assert {f.rpm for f in frames} == {1800.0} and frames[0].samples.size == 2560
 
 
 # generic waveforms -----------------------------------------------------------

@@ -235,24 +235,26 @@ def test_model_updates_wait_while_behind_real_time_and_scoring_never_does(tmp_pa
 
     agent = make_agent(tmp_path, resources=ResourcesConfig(learn_budget=1.0))  # lag rule only
     now = time.time()
+    wall = [now]
+    agent.clock = lambda: wall[0]
     agent.process([frame(now - 5 + k * 0.2, offset=k * 9600) for k in range(20)], live=True)
     model = agent.pipeline.detectors[("pump-7", "de")].models["1796rpm"]
     assert model.fitted  # learned in real time
     # The agent falls an hour behind (a backlog after an outage): every window is still
     # scored, but model updates wait.
-    hour_ago = now - 3600
-    agent.process([frame(hour_ago + k * 0.2, offset=k * 9600 % 230000) for k in range(40)],
+    wall[0] = now + 3600
+    agent.process([frame(now - 1 + k * 0.2, offset=k * 9600 % 230000) for k in range(40)],
                   live=True)
     assert agent.lag_s > 3000 and agent.stats["deferred_updates"] >= 30
     assert agent.channel_view[("pump-7", "de")]["score"] is not None
     ae = model.learners[4]
     assert 30 <= len(ae._pending) <= 4 * ae.batch_size  # healthy windows wait, bounded
     waiting, updates = len(ae._pending), ae.n_updates_
-    agent.process([frame(time.time() - 0.2, offset=96000)], live=True)  # caught up
+    agent.process([frame(wall[0] - 0.2, offset=96000)], live=True)  # caught up
     assert agent.lag_s < 5 and ae.n_updates_ > updates and len(ae._pending) < waiting
     # Recordings are never deferred: a replay must give the same result every time.
     replay = make_agent(tmp_path / "replay")
-    replay.process([frame(hour_ago + k * 0.2, offset=k * 9600) for k in range(24)], live=False)
+    replay.process([frame(now - 3600 + k * 0.2, offset=k * 9600) for k in range(24)], live=False)
     assert replay.stats["deferred_updates"] == 0
     assert replay.pipeline.detectors[("pump-7", "de")].models["1796rpm"].fitted
 

@@ -88,10 +88,9 @@ def recording_kind(path) -> str:
     if not p.exists():
         raise RecordingError(path, "no such file or directory")
     if p.is_dir():
-        if not any(is_snapshot_name(e.name) for e in p.iterdir()):
-            raise RecordingError(
-                path, "directory holds no IMS snapshot files (names like 2003.10.22.12.06.24)"
-            )
+        entries = list(p.iterdir())
+        if not any(is_snapshot_name(e.name) for e in entries):
+            raise RecordingError(path, _directory_problem(p, entries))
         return "ims-directory"
     if is_snapshot_name(p.name):
         return "ims-snapshot"
@@ -132,6 +131,21 @@ def recording_kind(path) -> str:
         path, f"unknown format (suffix {p.suffix!r}): expected .mat, .npy, .npz, .wav, .csv, "
         "an IMS snapshot file or a directory of them"
     )
+
+
+def _directory_problem(path: Path, entries: list[Path]) -> str:
+    """What a directory that is not an IMS snapshot directory holds, and how to pass it."""
+    suffixes: dict[str, int] = {}
+    for e in entries:
+        kind = "directory" if e.is_dir() else (e.suffix.lower() or "no suffix")
+        suffixes[kind] = suffixes.get(kind, 0) + 1
+    if not suffixes:
+        return "empty directory: give recording files, or a directory of IMS snapshots"
+    held = ", ".join(f"{n} {k}" for k, n in sorted(suffixes.items(), key=lambda kv: (-kv[1], kv[0])))
+    known = sorted(k for k in suffixes if k in (".mat", ".npy", ".npz", ".wav", *_TEXT))
+    how = (f"; pass the files themselves, e.g. {path}/*{known[0]}" if known else "")
+    return (f"a directory is read only as IMS snapshots (files named like "
+            f"2003.10.22.12.06.24), and this one holds none: it has {held}{how}")
 
 
 def read_recording(

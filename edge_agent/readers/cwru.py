@@ -14,6 +14,7 @@ Sample rate, in order of precedence:
    exist only at 48 kHz): 48000;
 4. otherwise a :class:`RecordingError` asking for ``--fs``: the 12 kHz and
    48 kHz sets share the same layout and nothing in the file tells them apart.
+   The file is read first, so a damaged or foreign file says so instead.
 
 CWRU recordings carry no clock, so every file starts at ``start_s = 0.0``;
 the replay timeline places files one after another.
@@ -64,7 +65,12 @@ def _load(path: Path) -> dict:
             path, "MATLAB v7.3 (HDF5) .mat files are not supported; re-save with -v7"
         ) from None
     except Exception as exc:  # scipy raises many types for damaged files
-        raise RecordingError(path, f"not a readable MATLAB v5 .mat file ({exc})") from None
+        with open(path, "rb") as f:
+            head = f.read(19)
+        if head == b"MATLAB 5.0 MAT-file":
+            raise RecordingError(path, f"a damaged or truncated MATLAB .mat file ({exc})") from None
+        raise RecordingError(path, f"not a MATLAB v5 .mat file: it starts with {head[:12]!r}, "
+                                   f"not 'MATLAB 5.0 MAT-file'") from None
 
 
 def read_cwru(path, *, fs_hz: float | None = None, chunk_s: float = 10.0) -> Iterator[Frame]:
@@ -88,6 +94,8 @@ def read_cwru(path, *, fs_hz: float | None = None, chunk_s: float = 10.0) -> Ite
     check_args(path, fs_hz, chunk_s)
     fs = fs_hz or cwru_fs_from_name(path.name)
     if fs is None:
+        # Read it first: a damaged or foreign file is that, whatever its name says.
+        _recording(path, _load(path))
         raise RecordingError(
             path, "sample rate unknown: the name says neither 12k nor 48k; pass --fs (fs_hz=)"
         )
@@ -95,7 +103,21 @@ def read_cwru(path, *, fs_hz: float | None = None, chunk_s: float = 10.0) -> Ite
 
 
 def _frames(path: Path, fs: float, chunk_s: float) -> Iterator[Frame]:
-    mat = _load(path)
+    channels, data, rpm = _recording(path, _load(path))
+    yield from block_frames(
+        data,
+        [(MACHINE, channel) for channel in channels],
+        fs_hz=fs,
+        chunk_s=chunk_s,
+        start_s=0.0,
+        source=path.name,
+        to_g=scaled(1.0),
+        rpm=rpm,
+    )
+
+
+def _recording(path: Path, mat: dict) -> tuple[list[str], np.ndarray, float | None]:
+    """Channel names, the (n_samples, n_channels) data and the shaft speed of a loaded file."""
     names = [k for k in mat if not k.startswith("__")]
     found = {k: _CHANNEL_RE.match(k) for k in names}
     found = {k: m for k, m in found.items() if m}
@@ -131,14 +153,4 @@ def _frames(path: Path, fs: float, chunk_s: float) -> Iterator[Frame]:
         if v.size != 1 or v.dtype.kind not in "iuf":
             raise RecordingError(path, f"{rpm_vars[0]} is not a single number")
         rpm = float(v.reshape(-1)[0])
-    data = np.stack(columns, axis=1)
-    yield from block_frames(
-        data,
-        [(MACHINE, found[k].group(2).lower()) for k in keys],
-        fs_hz=fs,
-        chunk_s=chunk_s,
-        start_s=0.0,
-        source=path.name,
-        to_g=scaled(1.0),
-        rpm=rpm,
-    )
+    return [found[k].group(2).lower() for k in keys], np.stack(columns, axis=1), rpm

@@ -24,7 +24,7 @@ from edge_agent.runtime.pipeline import Pipeline
 from edge_agent.signal.bearing import parse_bearing
 from edge_agent.signal.features import FeatureSpec
 from edge_agent.runtime.state import StateStore
-from edge_agent.runtime.windowing import FEATURE_BATCH, Windower, featurize
+from edge_agent.runtime.windowing import FEATURE_BATCH, Windower, featurize, time_order
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class Agent:
         return {"detectors": {c: d for (m, c), d in p.detectors.items() if m == machine},
                 "alerter": p.alerters.get(machine), "windower": self.windowers.get(machine),
                 "indices": {c: i for (m, c), i in self.indices.items() if m == machine},
+                "last_start_s": {c: t for (m, c), t in p.last_start_s.items() if m == machine},
                 "last_alert": self.last_alert.get(machine)}
 
     def checkpoint(self) -> int:
@@ -144,6 +145,8 @@ class Agent:
                 self.windowers[machine] = state["windower"]
             for channel, index in state.get("indices", {}).items():
                 self.indices[(machine, channel)] = index
+            for channel, t in state.get("last_start_s", {}).items():
+                self.pipeline.last_start_s[(machine, channel)] = t
             if state.get("last_alert"):
                 self.last_alert[machine] = state["last_alert"]
         self.replay_position = int(agent_state.get("replay_position", 0))
@@ -243,8 +246,8 @@ class Agent:
         alerts = []
         for k in range(0, len(windows), FEATURE_BATCH):
             batch = featurize(windows[k:k + FEATURE_BATCH], lambda m, c: self.spec_for(m))
-            alerts += self._score_records(sorted(batch, key=lambda r: r.start_s), live)
-        return alerts + self._score_records(sorted(records, key=lambda r: r.start_s), live)
+            alerts += self._score_records(time_order(batch), live)
+        return alerts + self._score_records(time_order(records), live)
 
     def _score_records(self, records, live: bool) -> list[dict]:
         alerts = []
@@ -255,6 +258,10 @@ class Agent:
             train = self.may_train(live)
             t = time.perf_counter()
             verdict, alert = self.pipeline.process(rec, index, may_train=train)
+            if verdict["state"] == "rejected":  # counted as the channel's sensor health
+                self.rejections.rejected(rec.machine, rec.channel, verdict["reason"],
+                                         verdict["detail"])
+                continue
             if train:
                 self._recent_training_s(time.perf_counter() - t)
             # a learned monitoring window whose model update had to wait

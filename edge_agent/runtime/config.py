@@ -25,7 +25,8 @@ from pathlib import Path
 
 from edge_agent.runtime.alerts import AlertPolicy
 from edge_agent.errors import UsageError
-from edge_agent.runtime.toml_build import ConfigError, convert, build
+from edge_agent.runtime.ranges import check_config
+from edge_agent.runtime.toml_build import ConfigError, build, convert
 from edge_agent.models.detector import DetectorConfig
 
 NAME = re.compile(r"[a-z0-9_.-]+\Z")
@@ -329,6 +330,7 @@ def parse_config(text: str, source: Path | None = None, environ=os.environ) -> A
             raise ConfigError("no [[machine]] configured: add one per machine, or set "
                               "agent.accept_unknown_machines = true to learn every machine "
                               "that sends frames")
+        check_config(config)
         return config
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -348,4 +350,19 @@ def load_config(path, environ=os.environ) -> AgentConfig:
         paths = tuple(str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
                       for p in config.replay.paths)
         config = dataclasses.replace(config, replay=dataclasses.replace(config.replay, paths=paths))
+        _check_recordings(path, config.replay)
     return config
+
+
+def _check_recordings(source: Path, replay: ReplayConfig) -> None:
+    """Every ``[replay]`` recording exists and is of a known format: checked at load, not
+    after connecting to the broker."""
+    from edge_agent.readers import RecordingError, recording_kind
+
+    if not replay.paths:
+        raise ConfigError(f"{source}: replay.paths: no recording given")
+    for i, p in enumerate(replay.paths):
+        try:
+            recording_kind(p)
+        except RecordingError as exc:
+            raise ConfigError(f"{source}: replay.paths[{i}] = {p!r}: {exc.problem}") from None

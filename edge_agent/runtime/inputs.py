@@ -17,7 +17,7 @@ from edge_agent.errors import UsageError
 from edge_agent.frame import FeatureRecord, Frame
 from edge_agent.signal.bearing import FaultOrders, parse_bearing
 from edge_agent.signal.features import FeatureSpec
-from edge_agent.runtime.windowing import Windower, featurize
+from edge_agent.runtime.windowing import Windower, featurize, time_order
 
 #: Bearings of the public rigs, used when a recording of that kind is replayed
 #: without ``--bearing`` (``--bearing none`` turns it off).
@@ -133,7 +133,7 @@ def feature_records(options: InputOptions) -> Iterator[tuple[int, FeatureRecord]
     def drain():
         records = featurize(pending, lambda m, c: specs.setdefault(
             m, options.spec_for(origins.get(m, m))))
-        records.sort(key=lambda r: r.start_s)  # channels interleaved in time order
+        records = time_order(records)  # channels interleaved in time order
         pending.clear()
         for rec in records:
             yield _numbered(rec, counters), rec
@@ -146,7 +146,7 @@ def feature_records(options: InputOptions) -> Iterator[tuple[int, FeatureRecord]
         pending.extend(windower.push(item))
         if len(pending) >= BATCH_WINDOWS:
             yield from drain()
-    windower.flush()
+    pending.extend(windower.flush())
     yield from drain()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from edge_agent import __version__
 from edge_agent.runtime.alerts import AlertPolicy, MachineAlerter
@@ -32,6 +33,9 @@ class Pipeline:
         self.agent_id = agent_id
         self.detectors: dict[tuple[str, str], ChannelDetector] = {}
         self.alerters: dict[str, MachineAlerter] = {}
+        #: Start of the latest window accepted per (machine, channel): a later one that
+        #: starts before it (a clock glitch) is rejected as ``time_goes_back``.
+        self.last_start_s: dict[tuple[str, str], float] = {}
 
     def detector(self, machine: str, channel: str) -> ChannelDetector:
         key = (machine, channel)
@@ -49,7 +53,22 @@ class Pipeline:
         """Verdict (as a JSON-ready dict) and the alert it raised, if any.
 
         ``may_train`` false defers costly model updates (see ChannelDetector.process).
+        A rejected record (:attr:`FeatureRecord.rejected`), and one that starts before the
+        channel's previous window, get a verdict with state ``rejected`` and its
+        ``reason``; nothing is scored or learned from them.
         """
+        key = (record.machine, record.channel)
+        previous = self.last_start_s.get(key)
+        if record.rejected is None and previous is not None and record.start_s < previous:
+            record = replace(record, rejected="time_goes_back",
+                             detail=f"starts at {iso_time(record.start_s)}, before the previous "
+                                    f"window ({iso_time(previous)})")
+        if record.rejected is not None:
+            return {"kind": "verdict", "machine": record.machine, "channel": record.channel,
+                    "index": index, "ts": iso_time(record.start_s), "source": record.source,
+                    "state": "rejected", "reason": record.rejected, "detail": record.detail,
+                    "learned": False}, None
+        self.last_start_s[key] = record.start_s
         detector = self.detector(record.machine, record.channel)
         alerter = self.alerter(record.machine)
         # No channel of a machine learns while the machine is in warning or alarm:
@@ -76,6 +95,7 @@ class Pipeline:
     def rebaseline(self, machine: str) -> int:
         """Restart learning for every channel of ``machine``; returns how many channels."""
         channels = [det for (m, _), det in self.detectors.items() if m == machine]
+
         for det in channels:
             det.reset()
         if machine in self.alerters:

@@ -7,22 +7,32 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from edge_agent.errors import UsageError
 from edge_agent.runtime.alerts import AlertPolicy
 from edge_agent.jsonl import dumps
 from edge_agent.models.detector import DetectorConfig
 from edge_agent.runtime.pipeline import Pipeline
+from edge_agent.runtime.windowing import MIN_WINDOW_SAMPLES
 
 
 @dataclass
 class ReplaySummary:
     windows: Counter = field(default_factory=Counter)  # per machine
     states: dict = field(default_factory=dict)  # machine -> Counter of verdict states
+    rejected: dict = field(default_factory=dict)  # machine -> Counter of rejection reasons
+    latest: dict = field(default_factory=dict)  # (machine, channel) -> last accepted verdict
+    accepted: Counter = field(default_factory=Counter)  # (machine, channel) -> windows
     alerts: list = field(default_factory=list)
 
     def add(self, verdict: dict, alert: dict | None) -> None:
         machine = verdict["machine"]
         self.windows[machine] += 1
         self.states.setdefault(machine, Counter())[verdict["state"]] += 1
+        if verdict["state"] == "rejected":
+            self.rejected.setdefault(machine, Counter())[verdict["reason"]] += 1
+        else:
+            self.latest[(machine, verdict["channel"])] = verdict
+            self.accepted[(machine, verdict["channel"])] += 1
         if alert is not None:
             self.alerts.append(alert)
 
@@ -35,7 +45,20 @@ class ReplaySummary:
             tail = f"; first {first['severity']} at {first['ts']}" if first else ""
             out.append(f"{machine}: {self.windows[machine]} windows ({states}); "
                        f"{len(alerts)} alerts{tail}")
+            if machine in self.rejected:
+                reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.rejected[machine].items()))
+                out.append(f"  rejected windows (never scored nor learned): {reasons}")
+            for (m, channel), verdict in sorted(self.latest.items()):
+                if m == machine and verdict.get("phase") == "baselining":
+                    out.append(f"  {channel}: still learning its baseline when the recording "
+                               f"ended ({verdict['baseline_progress']:.0%} of it after "
+                               f"{self.accepted[(m, channel)]} windows): never monitored; give "
+                               f"a longer recording or a shorter baseline")
         return out
+
+    @property
+    def accepted_windows(self) -> int:
+        return sum(self.windows.values()) - sum(sum(c.values()) for c in self.rejected.values())
 
 
 def detector_config(args) -> DetectorConfig:
@@ -81,18 +104,47 @@ class Progress:
                   f"({self.windows / (now - self.start):.0f} windows/s)", file=sys.stderr)
 
 
+class Rejections:
+    """Rejected windows said on standard error: the first few of each reason, then a count."""
+
+    SAY_EACH = 5
+
+    def __init__(self, out=sys.stderr):
+        self.out, self.said = out, Counter()
+
+    def __call__(self, verdict: dict) -> None:
+        reason = verdict["reason"]
+        self.said[reason] += 1
+        if self.said[reason] <= self.SAY_EACH:
+            more = " (further ones are only counted)" if self.said[reason] == self.SAY_EACH else ""
+            print(f"replay: {verdict['machine']}/{verdict['channel']} window at {verdict['ts']} "
+                  f"({verdict['source']}) rejected, {reason}: {verdict['detail']}{more}",
+                  file=self.out)
+
+
+def _open_sink(path: str):
+    if path == "-":
+        return sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--jsonl {path}: cannot write it ({exc.strerror}); give a file in an "
+                         f"existing, writable directory, or '-' for standard output") from None
+
+
 def replay_command(args) -> int:
     from edge_agent.runtime.inputs import InputOptions
 
     options = InputOptions.from_args(args)
     pipeline = Pipeline(detector_config(args), AlertPolicy())
     progress = Progress(enabled=not args.quiet)
-    sink = None
-    if args.jsonl:
-        sink = sys.stdout if args.jsonl == "-" else open(args.jsonl, "w", encoding="utf-8")
+    sink = _open_sink(args.jsonl) if args.jsonl else None
+    say_rejected = Rejections()
 
     def on_verdict(verdict):
         progress.tick(verdict)
+        if verdict["state"] == "rejected":
+            say_rejected(verdict)
         if sink:
             sink.write(dumps(verdict) + "\n")
 
@@ -112,4 +164,9 @@ def replay_command(args) -> int:
     if not args.quiet or report is sys.stdout:
         for line in summary.lines():
             print(line, file=report)
+    if not summary.accepted_windows:
+        what = "no window" if not summary.windows else "every window was rejected (see above)"
+        raise UsageError(f"nothing to analyse in {', '.join(map(str, options.recordings))}: "
+                         f"{what}; a window is {options.window_s:g} s, and at least "
+                         f"{MIN_WINDOW_SAMPLES} samples")
     return 0
