@@ -83,8 +83,17 @@ class Operator:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "alerts", "--broker",
              f"{broker.host}:{broker.port}", "--prefix", "demo", "--mqtt", broker.protocol,
-             "--json"], stdout=subprocess.PIPE, text=True)
+             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.subscribed = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stderr(self):
+        for line in self.process.stderr:  # "connected to …; subscribed to …", or a problem
+            if "subscribed to" in line:
+                self.subscribed.set()
+            elif "connection" not in line:
+                self.out.write(f"  operator: {line}")
 
     def _read(self):
         from edge_agent.mqtt.operator import format_alert
@@ -134,7 +143,8 @@ def demo_command(args, out=sys.stdout) -> int:
         link = connect_agent(agent)
         if not link.publisher.wait_connected(15):
             raise UsageError("the agent could not connect to the demo broker")
-        time.sleep(1.0)  # let the operator subscribe before the first alert
+        if not operator.subscribed.wait(15):  # before the first alert, or it would miss it
+            raise UsageError("the operator subscriber could not subscribe on the demo broker")
         # CWRU recordings carry no date: let them run as if recorded this morning.
         morning = time.time() // 86400 * 86400 + 6 * 3600
         source = ChainSource(ReplaySource([data / p for p in paths], machine=machine,

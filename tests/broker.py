@@ -182,7 +182,7 @@ class Broker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited with {self.proc.returncode}:\n{self.log()}")
-            if all(_listening(self.host, p) for p in (self.port, self.tls_port)):
+            if all(listening(self.host, p) for p in (self.port, self.tls_port)):
                 return self
             time.sleep(0.02)
         self.stop()
@@ -223,7 +223,7 @@ class Broker:
         self.stop()
 
 
-def _listening(host: str, port: int) -> bool:
+def listening(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
             return True

@@ -22,7 +22,7 @@ from edge_agent.runtime.config import load_config
 from edge_agent.demo import SCENARIOS, ChainSource, demo_config
 from edge_agent.schema import load_schema
 from edge_agent.runtime.sources import ReplaySource
-from tests.broker import PREFIX, SITE, USERS, Broker
+from tests.broker import PREFIX, SITE, USERS, Broker, listening
 from tests.conftest import REPO, SAMPLE_DATA
 
 pytestmark = pytest.mark.slow
@@ -45,12 +45,27 @@ class Subscriber:
             [sys.executable, "-m", "edge_agent", "alerts", "--broker",
              f"{broker.host}:{broker.port}", "--prefix", PREFIX, "--username", "operator",
              "--password-file", str(pw), "--session", session, "--json"],
-            stdout=subprocess.PIPE, text=True, cwd=REPO)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        self.subscribed = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
 
     def _read(self):
         for line in self.process.stdout:
             self.lines.append(json.loads(line))
+
+    def _read_stderr(self):
+        for line in self.process.stderr:
+            if "subscribed to" in line:
+                self.subscribed.set()
+
+    def wait_subscribed(self, timeout_s) -> bool:
+        """Until ``edge-agent alerts`` has its subscription acknowledged (it says so on
+        standard error), so that no alert published after this can be missed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.subscribed.is_set():
+            self.subscribed.wait(0.1)
+        return self.subscribed.is_set()
 
     def wait_for(self, ids, timeout_s):
         deadline = time.monotonic() + timeout_s
@@ -60,6 +75,16 @@ class Subscriber:
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(10)
+
+
+def wait_until(predicate, timeout_s: float) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes; whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def mqtt_settings(broker, **changes):
@@ -95,14 +120,15 @@ def test_a_30_s_broker_outage_mid_replay_loses_no_alert(broker, tmp_path):
                      topics=replace(base.topics, prefix=PREFIX, site=SITE))
     agent = Agent(config)
     link = connect_agent(agent)
-    assert link.publisher.wait_connected(10)
-    time.sleep(1.0)  # the subscriber has subscribed
+    assert link.publisher.wait_connected(10) and subscriber.wait_subscribed(30)
     stop = threading.Event()
     # FEMTO's 2 h 25 min at 300x: about 30 s; its alerts come near the end, the motors' after.
     worker = threading.Thread(target=agent.run, args=(stop, demo_sources(300.0)),
                               kwargs={"exit_when_done": True})
     worker.start()
-    time.sleep(8.0)
+    # mid-replay: a quarter of FEMTO's windows in, before its first alert
+    assert wait_until(lambda: agent.stats["windows"] >= 100, 60)
+    assert not agent.stats["alerts"]
     broker.stop()
     outage_started = time.monotonic()
     time.sleep(30.0)
@@ -193,6 +219,36 @@ def log_events(text, event):
     return out
 
 
+def run_until(command, event: str, occurrence: int, timeout_s: float = 120.0) -> str:
+    """Start ``command``, SIGKILL it right after its ``occurrence``-th log line of ``event``
+    (or let it finish first); returns what it logged. Kill points are events, not delays,
+    so they fall in the same places on a fast or a loaded machine."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=REPO)
+    lines, seen = [], 0
+    timer = threading.Timer(timeout_s, process.kill)
+    timer.start()
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if f'"event": "{event}"' in line:
+                seen += 1
+                if seen == occurrence:
+                    process.send_signal(signal.SIGKILL)
+                    break
+        lines += process.stdout.read().splitlines(keepends=True)
+    finally:
+        timer.cancel()
+        process.wait(30)
+    return "".join(lines)
+
+
+#: Where the ten kills fall: right after a start, a fitted baseline (before its checkpoint),
+#: a checkpoint and an alert (committed to the outbox, maybe not sent), at their n-th time.
+KILL_POINTS = ["start", "baseline_learned", "checkpoint", "alert", "checkpoint", "alert",
+               "baseline_learned", "checkpoint", "alert", "start"]
+
+
 def test_kill_9_at_random_points_then_restart_loses_and_relearns_nothing(broker, tmp_path):
     path = write_config(tmp_path, broker, speed=1500.0)
     config = load_config(path)
@@ -201,21 +257,16 @@ def test_kill_9_at_random_points_then_restart_loses_and_relearns_nothing(broker,
     expected = {a["id"] for a in offline.recent_alerts}
     assert len(expected) >= 3
     subscriber = Subscriber(broker, tmp_path, "ops-crash")
-    status = Subscriber  # noqa: F841 -- the agent's LWT is checked below with mosquitto_sub
-    time.sleep(1.0)
+    assert subscriber.wait_subscribed(30)
     rng = random.Random(20261121)
     logs, command = [], [sys.executable, "-m", "edge_agent", "run", "--config", str(path),
                          "--exit-after-replay"]
-    for _ in range(10):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, cwd=REPO)
-        time.sleep(rng.uniform(1.5, 3.5))
-        process.send_signal(signal.SIGKILL)
-        logs.append(process.communicate(timeout=30)[0])
+    for event in KILL_POINTS:
+        logs.append(run_until(command, event, rng.randint(1, 3)))
     final = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     logs.append(final.stdout)
     assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
-    subscriber.wait_for(expected, 30)
+    subscriber.wait_for(expected, 60)
     subscriber.stop()
     received = {a["id"] for a in subscriber.lines}
     assert received == expected  # nothing lost, nothing under a new id
@@ -243,14 +294,24 @@ def test_agent_status_and_last_will(broker, tmp_path):
         ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-u", "operator", "-P",
          USERS["operator"], "-V", "mqttv5", "-t", f"{PREFIX}/agents/gw-crash/status",
          "-t", f"{PREFIX}/{SITE}/bench/+/status"], stdout=subprocess.PIPE, text=True)
+    docs: list[dict] = []
+    threading.Thread(target=lambda: docs.extend(json.loads(line) for line in watcher.stdout),
+                     daemon=True).start()
+
+    def seen(predicate):
+        return wait_until(lambda: any(predicate(d) for d in list(docs)), 60)
+
     agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(path)],
                              stdout=subprocess.DEVNULL, cwd=REPO)
-    time.sleep(6.0)
+    assert seen(lambda d: d.get("machine") == "femto-bearing1_2" and d["channels"].get(
+        "horizontal", {}).get("windows"))  # it runs and says so
     agent.send_signal(signal.SIGKILL)
     agent.wait(10)
-    time.sleep(5.0)  # keep-alive 2 s: the broker gives up after 3 s and sends the will
+    # keep-alive 2 s: the broker gives up after 3 s and sends the will
+    assert seen(lambda d: d.get("status") == "offline")
     watcher.terminate()
-    docs = [json.loads(line) for line in watcher.communicate(timeout=10)[0].splitlines()]
+    watcher.wait(10)
+    docs = list(docs)
     agent_docs = [d for d in docs if d["schema"].startswith("edge-agent/agent-status")]
     machine_docs = [d for d in docs if d["schema"].startswith("edge-agent/machine-status")]
     assert agent_docs[0]["status"] == "online"
@@ -275,11 +336,13 @@ def test_two_workers_share_the_machines_and_raise_the_same_alerts(broker, tmp_pa
     offline.run(threading.Event(), ReplaySource(config.replay.paths), exit_when_done=True)
     expected = {a["id"] for a in offline.recent_alerts}
     subscriber = Subscriber(broker, tmp_path, "ops-workers")
-    time.sleep(1.0)
+    assert subscriber.wait_subscribed(30)
     supervisor = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config",
                                    str(path), "--exit-after-replay"], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(4.0)  # then worker 0 dies; the supervisor starts it again and it resumes
+    # Once worker 0 (FEMTO's) has checkpointed it dies; the supervisor restarts it, it resumes.
+    checkpoints = tmp_path / "state" / "worker-0" / "checkpoints"
+    assert wait_until(lambda: any(checkpoints.glob("femto-bearing1_2.*.ckpt")), 120)
     killed = subprocess.run(["pkill", "-KILL", "-f", "worker 0/2"]).returncode == 0
     out, _ = supervisor.communicate(timeout=300)
     subscriber.wait_for(expected, 30)
@@ -311,12 +374,12 @@ def test_the_local_try_it_config_against_a_stock_mosquitto(tmp_path):
     broker = subprocess.Popen([find_program("mosquitto"), "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        assert wait_until(lambda: listening("127.0.0.1", port), 30)
         operator = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "alerts", "--broker", f"127.0.0.1:{port}",
-             "--json", "--count", "1", "--timeout", "60"], stdout=subprocess.PIPE, text=True,
-            cwd=REPO)
-        time.sleep(1.0)
+             "--json", "--count", "1", "--timeout", "120"], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, cwd=REPO)
+        assert "subscribed to" in operator.stderr.readline()
         run = subprocess.run([sys.executable, "-m", "edge_agent", "run", "--config", str(path),
                               "--exit-after-replay"], cwd=REPO, capture_output=True, text=True,
                              timeout=120)

@@ -129,6 +129,11 @@ def alerts_command(args: argparse.Namespace, out=None) -> int:
     received = [0]
     lock = threading.Lock()
 
+    connections = [0]
+
+    def say(text: str) -> None:  # on standard error: --json keeps standard output clean
+        print(f"edge-agent alerts: {text}", file=sys.stderr, flush=True)
+
     def on_connect(client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             failure.append(f"broker refused the connection: {reason_code.getName()} "
@@ -136,6 +141,22 @@ def alerts_command(args: argparse.Namespace, out=None) -> int:
             done.set()
         else:
             client.subscribe(topic_filter, qos=1)
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        refused = [c for c in reason_codes if c.is_failure]
+        if refused:
+            failure.append(f"broker refused the subscription to {topic_filter}: "
+                           f"{refused[0].getName()}")
+            done.set()
+            return
+        connections[0] += 1
+        again = "connection regained" if connections[0] > 1 else "connected"
+        say(f"{again} to {host}:{settings.broker_port}; subscribed to {topic_filter}")
+
+    def on_disconnect(client, userdata, flags, reason_code, properties):
+        if not done.is_set():
+            say(f"connection to {host}:{settings.broker_port} lost ({reason_code.getName()}); "
+                f"reconnecting{' (alerts meanwhile wait in the session)' if args.session else ''}")
 
     def on_message(client, userdata, message):
         try:
@@ -158,6 +179,7 @@ def alerts_command(args: argparse.Namespace, out=None) -> int:
                 done.set()
 
     client.on_connect, client.on_message = on_connect, on_message
+    client.on_subscribe, client.on_disconnect = on_subscribe, on_disconnect
     connect_kwargs = {}
     if v5:
         from paho.mqtt.packettypes import PacketTypes
