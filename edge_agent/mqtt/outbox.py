@@ -30,6 +30,21 @@ Every drop is logged (one warning per message, with its id and topic) and
 counted; counters live in the same database, updated in the same transaction
 as the drop, so they survive restarts too. One process at a time: a lock file
 beside the database refuses a second agent on the same outbox.
+
+Alert state
+-----------
+``put(..., state=(machine, raised, json))`` stores the machine's alert-state
+machine after the alert in the ``alert_state`` table, in the same transaction
+as the alert: after a crash the agent resumes the episode from there
+(:meth:`Outbox.alert_states`) instead of raising it again under a new id.
+
+Storage
+-------
+Any failure to write (disk full, file size limit, read-only file system, I/O
+error) raises :class:`~edge_agent.errors.StorageError` after the transaction
+is rolled back: nothing half-written stays, and the caller retries. Files are
+created mode 0600 whatever the umask (SQLite gives the WAL and shared-memory
+files the database's mode).
 """
 
 from __future__ import annotations
@@ -43,7 +58,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.errors import UsageError
+from edge_agent.errors import StorageError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +82,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     retain INTEGER NOT NULL, msg_id TEXT, priority INTEGER NOT NULL, enqueued_s REAL NOT NULL,
     attempts INTEGER NOT NULL, reason TEXT NOT NULL, dead_s REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_state (
+    machine TEXT PRIMARY KEY, raised INTEGER NOT NULL, state TEXT NOT NULL,
+    updated_s REAL NOT NULL);
 """
 _COLUMNS = "seq, topic, payload, qos, retain, msg_id, priority, enqueued_s, attempts"
 
@@ -122,8 +140,13 @@ class Outbox:
         self.max_dead_letters = int(max_dead_letters)
         self._clock = clock
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lockfile = _lock_file(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)  # whatever the umask; SQLite copies it to -wal and -shm
+            self._lockfile = _lock_file(self.path)
+        except OSError as exc:
+            raise StorageError(self.path, exc.strerror or str(exc)) from None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=30.0)
@@ -134,20 +157,32 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
             self._db.executescript(_SCHEMA)
             self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except sqlite3.Error as exc:
+            os.close(self._lockfile)
+            raise StorageError(self.path, str(exc)) from None
         except BaseException:
             os.close(self._lockfile)
             raise
 
     # -- writing -------------------------------------------------------------------------------
     def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-            msg_id: str | None = None, priority: int = 0) -> int:
+            msg_id: str | None = None, priority: int = 0,
+            state: tuple[str, int, str] | None = None) -> int:
         """Queue a message durably; returns its sequence number once committed.
 
         A ``msg_id`` already queued is not queued twice (the existing row's
-        sequence number is returned, counted as ``duplicate``).
+        sequence number is returned, counted as ``duplicate``). ``state`` is
+        ``(machine, alerts raised, JSON)``, stored in the same transaction.
         """
         now = self._clock()
         with self._lock, self._transaction():
+            if state is not None:
+                machine, raised, doc = state
+                self._db.execute(
+                    "INSERT INTO alert_state (machine, raised, state, updated_s) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (machine) DO UPDATE SET raised = excluded.raised, "
+                    "state = excluded.state, updated_s = excluded.updated_s",
+                    (machine, int(raised), doc, now))
             if msg_id is not None:
                 row = self._db.execute("SELECT seq FROM outbox WHERE msg_id = ?", (msg_id,)).fetchone()
                 if row is not None:
@@ -242,6 +277,12 @@ class Outbox:
             return self._expire(self._clock())
 
     # -- reading -------------------------------------------------------------------------------
+    def alert_states(self) -> dict[str, tuple[int, str]]:
+        """``{machine: (alerts raised, state JSON)}`` as the last committed alerts left them."""
+        with self._lock:
+            return {m: (raised, doc) for m, raised, doc in
+                    self._db.execute("SELECT machine, raised, state FROM alert_state")}
+
     def pending(self, limit: int = 100, after: int = 0,
                 exclude_topics: Iterable[str] = ()) -> list[OutboxMessage]:
         """Up to ``limit`` queued messages with ``seq > after``, in sequence order,
@@ -330,7 +371,8 @@ class Outbox:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``; on error, roll back and recount the cached depth."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; on error (a failed COMMIT too), roll back, recount the
+    cached depth, and raise a storage failure as :class:`~edge_agent.errors.StorageError`."""
 
     def __init__(self, outbox: Outbox):
         if outbox._db is None:
@@ -338,15 +380,35 @@ class _Transaction:
         self.outbox = outbox
 
     def __enter__(self):
-        self.outbox._db.execute("BEGIN IMMEDIATE")
+        try:
+            self.outbox._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _storage_error(self.outbox, exc) from exc
 
     def __exit__(self, exc_type, exc, tb):
         db = self.outbox._db
         if exc_type is None:
-            db.execute("COMMIT")
-        else:
-            db.execute("ROLLBACK")
+            try:
+                db.execute("COMMIT")
+                return False
+            except sqlite3.Error as error:  # e.g. SQLITE_FULL: the transaction may stay open
+                exc = error
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             self.outbox._depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except sqlite3.Error:
+            pass
+        if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+            raise _storage_error(self.outbox, exc) from exc
+        if exc_type is None:
+            raise exc
+        return False
+
+
+def _storage_error(outbox: Outbox, exc: sqlite3.Error) -> StorageError:
+    name = getattr(exc, "sqlite_errorname", None)
+    return StorageError(outbox.path, f"{exc}" + (f" ({name})" if name else ""))
 
 
 def _lock_file(path: Path) -> int:
