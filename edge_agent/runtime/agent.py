@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: The CPU budget of model updates is measured over about this long.
 BUDGET_WINDOW_S = 30.0
+#: A checkpoint that failed for lack of storage is tried again after this long.
+CHECKPOINT_RETRY_S = 5.0
 
 
 class Agent(Durable):
@@ -84,6 +86,7 @@ class Agent(Durable):
         self._storage_log = RateLimitedLog(log)
         self._stop = threading.Event()
         self._checkpoint_due = False  # a baseline was fitted: keep it at once
+        self.fitted: set[tuple[str, str, str]] = set()  # (machine, channel, regime) monitored
         self.stats = {"frames": 0, "windows": 0, "alerts": 0, "dropped_frames": 0,
                       "deferred_updates": 0, "checkpoints": 0, "processing_errors": 0,
                       "skipped_items": 0, "dropped_at_stop": 0, "storage_retries": 0}
@@ -247,8 +250,9 @@ class Agent(Durable):
             self.stats["deferred_updates"] += (not train and verdict["learned"]
                                                and verdict["phase"] == "monitoring")
             self.stats["windows"] += 1
-            if self.channel_view.get(key, {}).get("phase") == "baselining" \
-                    and verdict["phase"] == "monitoring":
+            fitted = (rec.machine, rec.channel, verdict.get("regime") or "any")
+            if verdict["phase"] == "monitoring" and fitted not in self.fitted:
+                self.fitted.add(fitted)  # known from the checkpoint, or learned just now
                 log.info("baseline learned", extra={
                     "event": "baseline_learned", "machine": rec.machine, "channel": rec.channel,
                     "regime": verdict.get("regime"), "windows": index})
@@ -269,6 +273,7 @@ class Agent(Durable):
     def rebaseline(self, machine: str) -> None:
         channels = self.pipeline.rebaseline(machine)
         self.windowers.pop(machine, None)
+        self.fitted = {f for f in self.fitted if f[0] != machine}
         log.warning("re-baseline ordered", extra={"event": "rebaseline", "machine": machine,
                                                   "channels": channels})
 
@@ -294,8 +299,10 @@ class Agent(Durable):
                     self._wake.wait(0.2)
                     self._wake.clear()
                 now = time.monotonic()
-                if now - last_checkpoint >= every_s or self._checkpoint_due:
-                    self.checkpoint()  # on failure: retried at the next turn (storage_full)
+                due = self._checkpoint_due and (self.storage is None or
+                                                now - last_checkpoint >= CHECKPOINT_RETRY_S)
+                if now - last_checkpoint >= every_s or due:
+                    self.checkpoint()  # on failure: storage_full, retried after a pause
                     last_checkpoint = now
                 if now - last_status >= resources.status_every_s:
                     self._publish_status()

@@ -77,9 +77,10 @@ class Durable:
         resumed = self._resume_alert_states(alert_states or {})
         self.replay_position = int(agent_state.get("replay_position", 0))
         self.stats.update({k: v for k, v in agent_state.get("stats", {}).items() if k in self.stats})
+        self.fitted = {(m, c, regime) for (m, c), d in self.pipeline.detectors.items()
+                       for regime, model in d.models.items() if model.fitted}
         if machines or self.store.quarantined:
-            learned = sorted(f"{m}/{c}/{regime}" for (m, c), d in self.pipeline.detectors.items()
-                             for regime, model in d.models.items() if model.fitted)
+            learned = sorted("/".join(f) for f in self.fitted)
             log.info("state restored", extra={"event": "restore", "machines": sorted(machines),
                                               "baselines": learned,
                                               "generation": self.store.generation,
@@ -123,6 +124,7 @@ class Durable:
             except StorageError as exc:
                 self.stats["storage_retries"] += 1
                 self._storage_failed(exc, "alert", alert_id=alert["id"], retry_in_s=delay)
+                self._publish_status()  # the status goes on while the alert waits
                 if self._stop.wait(delay):
                     raise AlertUncommitted(alert["id"]) from None
                 delay = min(2 * delay, COMMIT_RETRY_S[1])
@@ -131,14 +133,11 @@ class Durable:
             return
 
     def _storage_failed(self, exc: StorageError, what: str, **extra) -> None:
-        first = self.storage is None
         self.storage = exc
-        self._storage_log.log(logging.ERROR, "storage_full", "storage_full: the state directory "
+        self._storage_log.log(logging.ERROR, f"storage_full {what}", "storage_full: the state directory "
                               "cannot take a write; holding on and retrying", extra={
                                   "event": "storage_full", "what": what, "path": exc.path,
                                   "free_bytes": exc.free_bytes, "error": exc.detail, **extra})
-        if first:
-            self._publish_status()
 
     def _storage_ok(self) -> None:
         if self.storage is not None:
