@@ -87,7 +87,7 @@ def run_command(args) -> int:
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         log.exception(f"edge-agent failed: {error}", extra={"event": "crash", "error": error})
-        agent.close(drain_s=0.0, error=error)
+        agent.close(drain_s=2.0, error=error)  # a short drain: the outbox keeps the rest
         return 1
     agent.close()
     log.info("edge-agent stopped", extra={"event": "stop", **agent.stats})

@@ -253,7 +253,7 @@ class ShippedBroker(Broker):
 
     def __init__(self, directory: Path, agent_id: str = "gw-1"):
         acl = (DEPLOY / "acl").read_text()
-        for shipped, ours in {**SHIPPED_NAMES, "gw-hamburg-1": agent_id}.items():
+        for shipped, ours in {"gw-hamburg-1": agent_id, **SHIPPED_NAMES}.items():
             acl = acl.replace(shipped, ours)
         super().__init__(directory, users=SHIPPED_USERS, acl=acl)
         self.agent_port = free_port()

@@ -237,15 +237,25 @@ FAULT = frames("inner_race", 30, 10)
 MORE_FAULT = frames("inner_race", 40, 20)
 
 
-def reference(config_path: Path, tmp_path: Path, *batches) -> list[str]:
-    """The alert ids the agent raises for ``batches`` of frames with no fault, no network."""
+def reference(config_path: Path, tmp_path: Path, *batches) -> tuple[list[str], str]:
+    """The alert ids the agent raises for ``batches`` of frames with no fault, no network,
+    and the time of its last window (to know when the agent under test is done)."""
+    from edge_agent.frame import iso_time
+
     config = load_config(config_path)
     agent = Agent(replace(config, state_dir=tmp_path / "reference"))
     ids = []
     for batch in batches:
         for frame in batch:
             ids += [a["id"] for a in agent.process([frame], live=True)]
-    return ids
+    return ids, iso_time(agent.channel_view[("motor-1", "de")]["start_s"])
+
+
+def machine_done(last_window: str):
+    """A watcher predicate: motor-1's retained status shows its last window processed."""
+    topic = f"{PREFIX}/{SITE}/{AREA}/motor-1/status"
+    return lambda w: any(d["channels"].get("de", {}).get("last_window_ts") == last_window
+                         for d in w.docs(topic))
 
 
 def replay_reference(config_path: Path, tmp_path: Path) -> list[str]:
@@ -388,3 +398,262 @@ def test_full_or_read_only_state_directory_at_start_is_exit_2(broker, tmp_path):
     check = subprocess.run([sys.executable, "-m", "edge_agent", "config", "check", str(config)],
                            capture_output=True, text=True, cwd=REPO, timeout=60)
     assert check.returncode == 0 and "writable" in check.stdout and "free" in check.stdout
+
+
+# -- 2. kill -9 with live data ----------------------------------------------------------------------
+def test_kill_9_right_after_an_alarm_resumes_the_episode(broker, tmp_path):
+    """Live frames: baseline, fault, ALARM; kill -9 as soon as the alarm reaches the operator;
+    restart; more fault frames. The episode goes on: no second ALARM under a new id, and the
+    baseline (checkpointed as soon as it was fitted) is not learned again."""
+    config = write_config(tmp_path, broker.port)
+    expected, last_window = reference(config, tmp_path, BASELINE, FAULT, MORE_FAULT)
+    assert len(expected) == 1  # one episode, one alarm
+    topic = f"{PREFIX}/{SITE}/{AREA}/motor-1/status"
+    watcher = Watcher(settings_for(broker, "operator"), [f"{PREFIX}/+/+/+/alerts", topic],
+                      "ops-kill")
+    sensor = Sensor(settings_for(broker, "sensor"))
+    first = AgentProcess(config)
+    first.wait_event("mqtt_subscribed")
+    sensor.send(BASELINE)
+    learned = first.wait_event("baseline_learned")
+    first.wait_event("checkpoint", where=lambda d: d["ts"] >= learned["ts"])
+    sensor.send(FAULT)
+    watcher.wait(lambda w: w.alert_ids(), 60, "the alarm")
+    first.stop(signal.SIGKILL)
+    second = AgentProcess(config)
+    restore = second.wait_event("restore")
+    assert restore["baselines"] == ["motor-1/de/1797rpm"]
+    assert restore["alert_states_resumed"] == ["motor-1"]
+    second.wait_event("mqtt_subscribed")
+    sensor.send(MORE_FAULT)
+    watcher.wait(machine_done(last_window), 60, "the last window processed")
+    assert second.stop() == 0
+    sensor.close()
+    watcher.close()
+    assert list(dict.fromkeys(watcher.alert_ids())) == expected  # no new id for one episode
+    assert not second.events("baseline_learned")
+    assert watcher.docs(topic)[-1]["state"] == "alarm"
+
+
+# -- 3. a flood from one credential, against the shipped broker configuration ----------------------
+@pytest.fixture
+def shipped(tmp_path):
+    with ShippedBroker(tmp_path / "mosquitto", agent_id=AGENT_ID) as b:
+        yield b
+
+
+def shipped_settings(broker, user, port):
+    return MqttSettings(host="localhost", port=port, username=user, password=broker.users[user],
+                        tls_ca=str(broker.certs["ca"]), keepalive_s=10)
+
+
+FLOOD_CHANNELS, FLOOD_MACHINES = 25_000, 20_000
+
+
+def test_a_flood_of_names_from_one_credential_is_bounded_and_alerts_flow(shipped, tmp_path):
+    """The sensor credential sends 25,000 4-byte messages on distinct channels of a configured
+    machine (one without a channel list) and frames for 20,000 unknown machines, through the
+    shipped broker config (max_packet_size, ACL). Memory, status size and log stay bounded,
+    the agent is never disconnected, and the alarm is the one the same input raises alone."""
+    config = write_config(tmp_path, shipped.agent_port, user="edge-agent",
+                          password=shipped.users["edge-agent"], tls_ca=shipped.certs["ca"],
+                          channels="")
+    config.write_text(config.read_text().replace('host = "127.0.0.1"', 'host = "localhost"'))
+    expected, last_window = reference(config, tmp_path, BASELINE, FAULT)
+    status_topic = f"{PREFIX}/agents/{AGENT_ID}/status"
+    machine_topic = f"{PREFIX}/{SITE}/{AREA}/motor-1/status"
+    watcher = Watcher(shipped_settings(shipped, "operator", shipped.tls_port),
+                      [f"{PREFIX}/+/+/+/alerts", machine_topic, status_topic], "ops")
+    sensor = Sensor(shipped_settings(shipped, "sensor", shipped.tls_port))
+    agent = AgentProcess(config)
+    agent.wait_event("mqtt_subscribed")
+    sensor.send(BASELINE)
+    agent.wait_event("baseline_learned")
+    rss_before, lines_before = rss_mb(agent.pid), len(agent.raw)
+    sent = 0
+    for i in range(FLOOD_CHANNELS):
+        sensor.client.publish(f"{PREFIX}/{SITE}/{AREA}/motor-1/c{i}/raw", b"junk", qos=0)
+    for i in range(FLOOD_MACHINES):
+        sensor.client.publish(f"{PREFIX}/{SITE}/{AREA}/m{i}/de/raw", b"junk", qos=0)
+    sent = FLOOD_CHANNELS + FLOOD_MACHINES
+    sensor.send(FAULT)
+    watcher.wait(lambda w: w.alert_ids(), 90, "the alarm")
+    watcher.wait(machine_done(last_window), 60, "the last window processed")
+    seen = len(watcher.docs(status_topic))
+    watcher.wait(lambda w: len(w.docs(status_topic)) > seen + 1, 30, "a fresh agent status")
+    rss_after, lines_after = rss_mb(agent.pid), len(agent.raw)
+    assert agent.stop() == 0
+    sensor.close()
+    watcher.close()
+    status = validate("agent-status", watcher.docs(status_topic)[-2])
+    machine_docs = [(t, p) for t, p in watcher.messages if t == machine_topic]
+    largest = max(len(p) for t, p in watcher.messages if t.endswith("/status"))
+    refused = {r: v["count"] for r, v in status["rejected"].items()}
+    figures = {"sent": sent, "refused": refused, "rss_mb": (round(rss_before), round(rss_after)),
+               "log_lines": lines_after - lines_before, "largest_status_bytes": largest,
+               "reconnects": status["mqtt"]["reconnects"], "alerts": len(watcher.alert_ids())}
+    print("flood figures:", figures)
+    assert list(dict.fromkeys(watcher.alert_ids())) == expected  # nothing lost, nothing new
+    assert status["mqtt"]["reconnects"] == 0 and status["mqtt"]["disconnects"] == {}
+    assert status["mqtt"]["max_packet_bytes"] == shipped.max_packet_size
+    # every junk message counted (QoS 0 may be dropped by the broker under load, never added)
+    assert 0.9 * FLOOD_MACHINES <= refused["unknown_machine"] <= FLOOD_MACHINES
+    per_channel = validate("machine-status", json.loads(machine_docs[-1][1]))["channels"]
+    assert len(per_channel) <= 64 and "de" in per_channel  # the slots, the real channel kept
+    assert 0.9 * FLOOD_CHANNELS <= refused["too_many_channels"] + sum(
+        sum(c["rejected"].values()) for c in per_channel.values()) <= FLOOD_CHANNELS + 1
+    assert all(len(v["examples"]) <= 5 for v in status["rejected"].values())
+    assert largest < 65536  # far below the broker's 4 MB packet limit
+    # a line per refusal reason and minute, one per channel slot (at most 64): bounded
+    assert lines_after - lines_before < 64 + 20
+    assert rss_after - rss_before < 25
+
+
+# -- 5. client-id takeover, against the shipped broker configuration --------------------------------
+def test_no_credential_can_take_over_the_agents_session(shipped, tmp_path):
+    """On the plant listener the shipped config binds client ids to users: a client with the
+    sensor (or operator) credential that connects as the agent's client id gets its user name
+    as id instead, and the agent is not disconnected. On the agents' own listener (unbound,
+    for multi-worker agents; only the agent's network reaches it) a takeover does happen, and
+    the agent logs and counts it."""
+    config = write_config(tmp_path, shipped.agent_port, user="edge-agent",
+                          password=shipped.users["edge-agent"], tls_ca=shipped.certs["ca"])
+    config.write_text(config.read_text().replace('host = "127.0.0.1"', 'host = "localhost"'))
+    expected, last_window = reference(config, tmp_path, BASELINE, FAULT)
+    status_topic = f"{PREFIX}/agents/{AGENT_ID}/status"
+    watcher = Watcher(shipped_settings(shipped, "operator", shipped.tls_port),
+                      [f"{PREFIX}/+/+/+/alerts", status_topic,
+                       f"{PREFIX}/{SITE}/{AREA}/motor-1/status"], "ops")
+    agent = AgentProcess(config)
+    agent.wait_event("mqtt_subscribed")
+    agent_id = f"edge-agent-{AGENT_ID}"
+
+    def impostor(user, port):
+        connected = threading.Event()
+        client = make_client(shipped_settings(shipped, user, port), agent_id)
+        client.on_connect = lambda *a: connected.set()
+        client.connect("localhost", port)
+        client.loop_start()
+        assert connected.wait(10)
+        return client
+
+    for attempt in range(10):
+        user = ("sensor", "operator")[attempt % 2]
+        client = impostor(user, shipped.tls_port)
+        client.disconnect()
+        client.loop_stop()
+    assert shipped.log().count(f"as {agent_id} ") == 1  # only the agent ever had that id
+    sensor = Sensor(shipped_settings(shipped, "sensor", shipped.tls_port))
+    sensor.send(BASELINE + FAULT)
+    watcher.wait(lambda w: w.alert_ids(), 60, "the alarm")
+    watcher.wait(machine_done(last_window), 60, "the last window processed")
+    assert not agent.events("mqtt_disconnected")
+    assert list(dict.fromkeys(watcher.alert_ids())) == expected
+    # the agents' listener does not bind ids: a takeover there is seen and reported
+    thief = impostor("sensor", shipped.agent_port)
+    lost = agent.wait_event("mqtt_disconnected", 30)
+    agent.wait_event("mqtt_connected", 30, where=lambda d: d["ts"] > lost["ts"])
+    thief.loop_stop()
+    seen = len(watcher.docs(status_topic))
+    watcher.wait(lambda w: len(w.docs(status_topic)) > seen + 1, 30, "a fresh agent status")
+    assert agent.stop() == 0
+    sensor.close()
+    watcher.close()
+    mqtt = validate("agent-status", watcher.docs(status_topic)[-2])["mqtt"]
+    assert mqtt["reconnects"] >= 1 and sum(mqtt["disconnects"].values()) >= 1
+
+
+# -- 8. a crash ------------------------------------------------------------------------------------
+def test_a_crash_says_crashed_with_its_error_and_loses_no_alert(broker, tmp_path):
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 not really a zip archive")
+    recordings = [SAMPLE_DATA / "cwru" / "normal_0_97.mat",
+                  SAMPLE_DATA / "cwru" / "48k_Drive_End_IR007_0_109.mat"]
+    good = write_config(tmp_path, broker.port, replay=recordings, name="good.toml")
+    expected = replay_reference(good, tmp_path)
+    # a CWRU file is one block, known complete when the next file is read: the good one
+    # after the fault lets the fault's block (and its alert) through before the crash
+    config = write_config(tmp_path, broker.port, replay=recordings + [recordings[0], broken])
+    status_topic = f"{PREFIX}/agents/{AGENT_ID}/status"
+    watcher = Watcher(settings_for(broker, "operator"), [f"{PREFIX}/+/+/+/alerts", status_topic],
+                      "ops-crash")
+    agent = AgentProcess(config)
+    assert agent.wait(120) == 1
+    watcher.wait(lambda w: any(d["status"] == "offline" for d in w.docs(status_topic)), 30,
+                 "the offline status")
+    watcher.wait(lambda w: set(expected) <= set(w.alert_ids()), 30, "the alerts before it")
+    watcher.close()
+    offline = validate("agent-status", watcher.docs(status_topic)[-1])
+    assert offline["status"] == "offline" and offline["reason"] == "crashed"
+    assert "broken.npz" in offline["error"]
+    [crash] = agent.events("crash")
+    assert crash["msg"].startswith("edge-agent failed: ") and "broken.npz" in crash["msg"]
+    assert list(dict.fromkeys(watcher.alert_ids())) == expected
+
+
+# -- 4. the area level of a topic -------------------------------------------------------------------
+def test_only_the_machines_configured_area_addresses_it(broker, tmp_path):
+    """Fault frames on another area's topics and a re-baseline under another area are refused
+    and counted: the alarm comes from the machine's own frames, at the window it would."""
+    config = write_config(tmp_path, broker.port)
+    healthy, late_fault = frames("normal", 30, 10), frames("inner_race", 40, 10)
+    expected, last_window = reference(config, tmp_path, BASELINE, healthy, late_fault)
+    assert len(expected) == 1
+    status_topic = f"{PREFIX}/agents/{AGENT_ID}/status"
+    watcher = Watcher(settings_for(broker, "operator"),
+                      [f"{PREFIX}/+/+/+/alerts", status_topic,
+                       f"{PREFIX}/{SITE}/{AREA}/motor-1/status"], "ops-area")
+    sensor = Sensor(settings_for(broker, "sensor"))
+    agent = AgentProcess(config)
+    agent.wait_event("mqtt_subscribed")
+    sensor.send(BASELINE)
+    agent.wait_event("baseline_learned")
+    early_fault = frames("inner_race", 30, 10)  # the healthy frames' times: a fault if taken
+    for area in ("other-area", "agents"):
+        for f in early_fault:
+            sensor.client.publish(f"{PREFIX}/{SITE}/{area}/motor-1/de/raw", encode_raw(f),
+                                  qos=1).wait_for_publish(10)
+    operator = make_client(settings_for(broker, "operator"), "operator-console")
+    operator.connect(broker.host, broker.port)
+    operator.loop_start()
+    operator.publish(f"{PREFIX}/{SITE}/other-area/motor-1/cmd/rebaseline", b"{}",
+                     qos=1).wait_for_publish(10)
+    operator.disconnect()
+    operator.loop_stop()
+    sensor.send(healthy + late_fault)
+    watcher.wait(machine_done(last_window), 60, "the last window processed")
+    seen = len(watcher.docs(status_topic))
+    watcher.wait(lambda w: len(w.docs(status_topic)) > seen + 1, 30, "a fresh agent status")
+    assert agent.stop() == 0
+    sensor.close()
+    watcher.close()
+    assert list(dict.fromkeys(watcher.alert_ids())) == expected
+    assert not agent.events("rebaseline")
+    rejected = validate("agent-status", watcher.docs(status_topic)[-2])["rejected"]
+    assert rejected["wrong_area"]["count"] == 2 * len(early_fault) + 1
+    assert f"{PREFIX}/{SITE}/other-area/motor-1/cmd/rebaseline" in \
+        rejected["wrong_area"]["examples"] or rejected["wrong_area"]["count"] > 5
+
+
+# -- 7. at SIGTERM, the queued live frames that are dropped are counted -----------------------------
+def test_sigterm_counts_the_queued_live_frames_it_drops(broker, tmp_path):
+    config = write_config(tmp_path, broker.port)
+    status_topic = f"{PREFIX}/agents/{AGENT_ID}/status"
+    watcher = Watcher(settings_for(broker, "operator"), [status_topic], "ops-term")
+    sensor = Sensor(settings_for(broker, "sensor"))
+    agent = AgentProcess(config)
+    agent.wait_event("mqtt_subscribed")
+    backlog = [replace(f, start_s=T0 + k * 0.1) for k, f in enumerate(BASELINE * 40)]
+    sensor.send(backlog)  # 120 s of frames at once: far more than a second's processing
+    agent.wait_event("baseline_learned", 60)
+    assert agent.stop() == 0
+    sensor.close()
+    stop = agent.wait_event("stop")
+    dropped = agent.wait_event("dropped_at_stop")["frames"]
+    assert dropped > 0 and stop["dropped_at_stop"] == dropped
+    assert stop["frames"] + stop["dropped_frames"] + dropped <= len(backlog)
+    watcher.wait(lambda w: any(d["status"] == "offline" for d in w.docs(status_topic)), 30,
+                 "the offline status")
+    watcher.close()
+    offline = validate("agent-status", watcher.docs(status_topic)[-1])
+    assert offline["reason"] == "shutdown" and offline["processing"]["dropped_at_stop"] == dropped
