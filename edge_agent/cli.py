@@ -219,6 +219,12 @@ def _cmd_config_check(args) -> int:
     space = "free space unknown" if free is None else f"{free / 2**20:.0f} MiB free"
     print(f"  agent {config.id}, state in {config.state_dir}: "
           f"{'writable' if problem is None else 'NOT writable here: ' + problem}, {space}")
+    from edge_agent.runtime.state import checkpoint_key_path
+
+    key = checkpoint_key_path(config)
+    print(f"  checkpoint key {key}: " + ("present" if key.exists() else
+                                         "missing: created at first start if its directory "
+                                         "is writable there, else 'run' stops (exit 2)"))
     m = config.mqtt
     print(f"  broker {m.host}:{m.broker_port} MQTT {m.protocol}"
           f"{' TLS' if m.use_tls else ''}{' as ' + m.username if m.username else ''}")

@@ -251,13 +251,17 @@ class ShippedBroker(Broker):
     ``port`` the plain loopback one (1883); every directive else is the shipped one.
     """
 
-    def __init__(self, directory: Path, agent_id: str = "gw-1"):
+    def __init__(self, directory: Path, agent_id: str = "gw-1", *, extra_users=None,
+                 extra_acl: str = ""):
         acl = (DEPLOY / "acl").read_text()
         for shipped, ours in {"gw-hamburg-1": agent_id, **SHIPPED_NAMES}.items():
             acl = acl.replace(shipped, ours)
-        super().__init__(directory, users=SHIPPED_USERS, acl=acl)
-        self.agent_port = free_port()
-        while self.agent_port in (self.port, self.tls_port):
+        super().__init__(directory, users={**SHIPPED_USERS, **(extra_users or {})},
+                         acl=acl + extra_acl)
+        conf = (DEPLOY / "mosquitto.conf").read_text()
+        # a configuration without an agents' listener (older ones): agents use the plant's
+        self.agent_port = free_port() if "listener 8884" in conf.splitlines() else self.tls_port
+        while "listener 8884" in conf.splitlines() and self.agent_port in (self.port, self.tls_port):
             self.agent_port = free_port()
         listeners = {"listener 8883": f"listener {self.tls_port} {self.host}",
                      "listener 8884": f"listener {self.agent_port} {self.host}",
@@ -267,7 +271,7 @@ class ShippedBroker(Broker):
                  "certfile": self.certs["server_cert"], "keyfile": self.certs["server_key"],
                  "cafile": self.certs["ca"]}
         lines = []
-        for line in (DEPLOY / "mosquitto.conf").read_text().splitlines():
+        for line in conf.splitlines():
             key = line.split(" ", 1)[0]
             if line in listeners:
                 line = listeners[line]
@@ -285,4 +289,4 @@ class ShippedBroker(Broker):
 
     @property
     def ports(self) -> tuple[int, ...]:
-        return self.port, self.tls_port, self.agent_port
+        return tuple(dict.fromkeys((self.port, self.tls_port, self.agent_port)))

@@ -59,6 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.errors import StorageError, UsageError
+from edge_agent.mqtt.transactions import OutboxLocked, Transaction, lock_file
+
+__all__ = ["DROP_REASONS", "PRIORITY", "Outbox", "OutboxLocked", "OutboxMessage"]
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +90,6 @@ CREATE TABLE IF NOT EXISTS alert_state (
     updated_s REAL NOT NULL);
 """
 _COLUMNS = "seq, topic, payload, qos, retain, msg_id, priority, enqueued_s, attempts"
-
-
-class OutboxLocked(UsageError):
-    """Another process holds the outbox."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ class Outbox:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             os.chmod(self.path, 0o600)  # whatever the umask; SQLite copies it to -wal and -shm
-            self._lockfile = _lock_file(self.path)
+            self._lockfile = lock_file(self.path)
         except OSError as exc:
             raise StorageError(self.path, exc.strerror or str(exc)) from None
         try:
@@ -336,7 +335,7 @@ class Outbox:
 
     # -- internals (callers hold self._lock) ---------------------------------------------------
     def _transaction(self):
-        return _Transaction(self)
+        return Transaction(self)
 
     def _count(self, name: str, n: int = 1) -> None:
         self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
@@ -368,59 +367,3 @@ class Outbox:
         if len(messages) > _LOG_EACH:
             log.warning("outbox: more messages dropped", extra={
                 "event": "outbox_drop", "reason": reason, "count": len(messages) - _LOG_EACH})
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``; on error (a failed COMMIT too), roll back, recount the
-    cached depth, and raise a storage failure as :class:`~edge_agent.errors.StorageError`."""
-
-    def __init__(self, outbox: Outbox):
-        if outbox._db is None:
-            raise ValueError(f"outbox {outbox.path} is closed")
-        self.outbox = outbox
-
-    def __enter__(self):
-        try:
-            self.outbox._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise _storage_error(self.outbox, exc) from exc
-
-    def __exit__(self, exc_type, exc, tb):
-        db = self.outbox._db
-        if exc_type is None:
-            try:
-                db.execute("COMMIT")
-                return False
-            except sqlite3.Error as error:  # e.g. SQLITE_FULL: the transaction may stay open
-                exc = error
-        try:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            self.outbox._depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        except sqlite3.Error:
-            pass
-        if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
-            raise _storage_error(self.outbox, exc) from exc
-        if exc_type is None:
-            raise exc
-        return False
-
-
-def _storage_error(outbox: Outbox, exc: sqlite3.Error) -> StorageError:
-    name = getattr(exc, "sqlite_errorname", None)
-    return StorageError(outbox.path, f"{exc}" + (f" ({name})" if name else ""))
-
-
-def _lock_file(path: Path) -> int:
-    """An exclusive, non-blocking lock on ``<path>.lock`` (released when the process dies)."""
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process guard
-        return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise OutboxLocked(f"outbox {path} is in use by another edge-agent process") from None
-    return fd

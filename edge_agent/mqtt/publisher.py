@@ -49,6 +49,7 @@ from edge_agent.mqtt.client import QUEUE_FULL, json_properties, make_client, rea
 from edge_agent.mqtt.outbox import PRIORITY, Outbox
 from edge_agent.mqtt.retained import RetainedBoard
 from edge_agent.mqtt.sender import OutboxSender, publish_size
+from edge_agent.mqtt.subscriptions import Subscriptions
 from edge_agent.mqtt.topics import Topics
 from edge_agent.runtime.config import MqttSettings
 from edge_agent.schema import agent_status_doc
@@ -82,15 +83,10 @@ class Publisher:
         self._clock = clock
         self.started_s = clock()
         self._events: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()  # counters, statuses, subscriptions
+        self._lock = threading.Lock()  # counters
         self._connected = threading.Event()
         self._stopped = threading.Event()
         self._statuses = RetainedBoard()
-        self._subscriptions: dict[str, tuple[Callable[[str, bytes], None], int]] = {}
-        self._live_subscriptions: set[str] = set()  # subscribed on this connection (worker only)
-        self._live_connection = 0  # the connection (count) they belong to
-        self._sub_mids: dict[int, str] = {}
-        self._acked_subscriptions: set[str] = set()  # SUBACKed on this connection
         self._counters = {"sent": 0, "acked": 0, "reconnects": 0, "connects": 0,
                           "dead_lettered": 0, "handler_errors": 0, "retained_ignored": 0,
                           "takeovers": 0, "status_too_large": 0, "refused": {},
@@ -109,6 +105,7 @@ class Publisher:
                                                             self._on_connect_fail)
         c.on_publish, c.on_subscribe = self._on_publish, self._on_subscribe
         self._sender = OutboxSender(settings, outbox, c, bump=self._bump, refused=self._refused)
+        self._subs = Subscriptions(c, self._bump)
         self._worker = threading.Thread(target=self._run, name="edge-agent-mqtt", daemon=True)
 
     # -- public API ----------------------------------------------------------------------------
@@ -188,32 +185,15 @@ class Publisher:
         as ``retained_ignored``) unless ``retained``: a retained frame is stale, and
         a retained re-baseline command would run again at every reconnect.
         """
-        def on_message(client, userdata, message):
-            if message.retain and not retained:
-                self._bump("retained_ignored")
-                if self.counters()["retained_ignored"] == 1:
-                    log.warning("retained message ignored (ask its publisher not to retain)",
-                                extra={"event": "retained_ignored", "topic": message.topic})
-                return
-            try:
-                handler(message.topic, message.payload)
-            except Exception:  # one bad message must not stop the network thread
-                self._bump("handler_errors")
-                log.exception("MQTT message handler failed", extra={"event": "handler_error",
-                                                                    "topic": message.topic})
-
-        with self._lock:
-            self._subscriptions[topic_filter] = (handler, qos)
-        self._client.message_callback_add(topic_filter, on_message)
+        self._subs.add(topic_filter, handler, qos, retained)
         self._events.put(("subscribe",))  # the worker subscribes: once per connection
 
     def wait_subscribed(self, timeout_s: float) -> bool:
         """Wait until the broker has acknowledged every subscription on this connection."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with self._lock:
-                if self.connected and set(self._subscriptions) <= self._acked_subscriptions:
-                    return True
+            if self.connected and self._subs.all_acked():
+                return True
             time.sleep(0.02)
         return False
 
@@ -281,8 +261,7 @@ class Publisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         was = self._connected.is_set()
         self._connected.clear()
-        with self._lock:
-            self._acked_subscriptions.clear()
+        self._subs.lost()
         if not was or self._stopped.is_set():
             return
         name = reason_name(reason_code)
@@ -310,18 +289,7 @@ class Publisher:
         self._events.put(("ack", mid, reason_code.value, reason_name(reason_code)))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
-        with self._lock:
-            topic_filter = self._sub_mids.pop(mid, None)
-            refused = [c.getName() for c in reason_codes if c.is_failure]
-            if topic_filter is not None and not refused:
-                self._acked_subscriptions.add(topic_filter)
-            complete = topic_filter is not None and set(self._subscriptions) <= self._acked_subscriptions
-        if complete:
-            log.info("subscribed", extra={"event": "mqtt_subscribed",
-                                          "filters": sorted(self._subscriptions)})
-        if refused:
-            log.error("broker refused a subscription", extra={
-                "event": "subscribe_refused", "topic": topic_filter, "reason": refused[0]})
+        self._subs.on_suback(mid, reason_codes)
 
     # -- worker thread: owns the outbox side of sending ----------------------------------------
     def _run(self) -> None:
@@ -358,16 +326,9 @@ class Publisher:
         self._subscribe_new()
 
     def _subscribe_new(self) -> None:
-        with self._lock:  # held across subscribe(): its SUBACK cannot overtake the mid
-            if self._live_connection != self._counters["connects"]:
-                # a new connection with a clean start: the broker forgot every subscription
-                self._live_connection = self._counters["connects"]
-                self._live_subscriptions = set()
-            for topic_filter, (_, qos) in self._subscriptions.items():
-                if self.connected and topic_filter not in self._live_subscriptions:
-                    _, mid = self._client.subscribe(topic_filter, qos)
-                    self._sub_mids[mid] = topic_filter
-                    self._live_subscriptions.add(topic_filter)
+        with self._lock:
+            connection = self._counters["connects"]
+        self._subs.subscribe_new(connection, self.connected)
 
     def _pump(self) -> None:
         if not self.connected:

@@ -264,7 +264,7 @@ class Agent(Durable):
                 self.last_alert[rec.machine] = alert
                 self.recent_alerts.append(alert)
                 self.alerts_raised[rec.machine] = self.alerts_raised.get(rec.machine, 0) + 1
-                self._commit(alert)  # durable before the next window, or nothing goes on
+                self._commit(alert, live)  # durable before the next window, or nothing goes on
                 log.warning(alert["summary"], extra={"event": "alert", "alert_id": alert["id"],
                                                      "machine": alert["machine"],
                                                      "severity": alert["severity"]})

@@ -95,6 +95,10 @@ class Durable:
                 continue
             try:
                 doc = json.loads(text)
+                if not doc.get("live", True):
+                    # a recording's alert: the replay resumes from the checkpoint's position
+                    # and raises it again, the same way (same id); its state must not run ahead
+                    continue
                 apply_state(self.pipeline.alerter(machine), json.dumps(doc["alerter"]))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("alert state in the outbox unreadable; the checkpoint's is kept",
@@ -108,7 +112,7 @@ class Durable:
         return resumed
 
     # -- alerts before anything else ------------------------------------------------------------
-    def _commit(self, alert: dict) -> None:
+    def _commit(self, alert: dict, live: bool = True) -> None:
         """Commit ``alert`` and its machine's alert state to the outbox; until that succeeds,
         retry with backoff (see the module docstring). Raises :class:`AlertUncommitted` when
         told to stop meanwhile."""
@@ -116,7 +120,7 @@ class Durable:
             return
         machine = alert["machine"]
         state = json.dumps({"alerter": json.loads(encode_state(self.pipeline.alerter(machine))),
-                            "last_alert": alert}, separators=(",", ":"))
+                            "last_alert": alert, "live": live}, separators=(",", ":"))
         delay = COMMIT_RETRY_S[0]
         while True:
             try:
