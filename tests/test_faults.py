@@ -376,6 +376,33 @@ def test_full_disk_holds_every_alert_until_space_returns(broker, tmp_path, limit
             subprocess.run(["umount", "-l", str(state)], capture_output=True)
 
 
+def test_sigterm_while_an_alert_waits_writes_no_checkpoint_and_the_restart_sends_it(broker,
+                                                                                   tmp_path):
+    recordings = [SAMPLE_DATA / "cwru" / "normal_0_97.mat",
+                  SAMPLE_DATA / "cwru" / "48k_Drive_End_IR007_0_109.mat"]
+    config = write_config(tmp_path, broker.port, replay=recordings)
+    expected = replay_reference(config, tmp_path)
+    assert expected
+    watcher = Watcher(settings_for(broker, "operator"), [f"{PREFIX}/+/+/+/alerts"], "ops-term")
+    agent = AgentProcess(config, "--exit-after-replay")
+    agent.wait_event("mqtt_subscribed")
+    hard = resource.prlimit(agent.pid, resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(agent.pid, resource.RLIMIT_FSIZE, (1, hard))
+    held = agent.wait_event("storage_full", 90, where=lambda d: d.get("what") == "alert")
+    generation = _generation(tmp_path / "state")
+    assert agent.stop() == 0
+    stopped = agent.wait_event("stop_uncommitted")
+    assert stopped["alert_id"] == held["alert_id"] and _generation(tmp_path / "state") == generation
+    assert not agent.events("checkpoint") or all(
+        d["ts"] < held["ts"] for d in agent.events("checkpoint"))
+    again = AgentProcess(config, "--exit-after-replay")  # space is back: the same alert, same id
+    assert again.wait(120) == 0
+    watcher.wait(lambda w: set(expected) <= set(w.alert_ids()), 30, "the alerts")
+    watcher.close()
+    assert list(dict.fromkeys(watcher.alert_ids())) == expected
+    assert held["alert_id"] in expected
+
+
 def test_full_or_read_only_state_directory_at_start_is_exit_2(broker, tmp_path):
     config = write_config(tmp_path, broker.port)
     state = tmp_path / "state"

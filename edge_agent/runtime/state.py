@@ -116,22 +116,31 @@ def load_key(path: Path, state_dir: Path) -> bytes:
     if path.resolve() == root or root in path.resolve().parents:
         raise UsageError(f"checkpoint key {path} is inside the state directory {root}: keep it "
                          f"elsewhere ([agent] checkpoint_key_file or EDGE_AGENT_CHECKPOINT_KEY_FILE)")
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        if not path.exists():
+    if not path.exists():
+        # written whole under a temporary name, then linked into place: workers starting
+        # together agree on one key, and none reads a half-written one
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(secrets.token_hex(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+            log.warning("checkpoint key created", extra={"event": "checkpoint_key_created",
+                                                         "path": str(path)})
+        except FileExistsError:
+            pass
+        except OSError as exc:
             raise UsageError(f"checkpoint key {path} is missing and cannot be created "
                              f"({exc.strerror}): create it (deploy/make-site-secrets.sh) or set "
                              f"[agent] checkpoint_key_file") from None
-    else:
-        with open(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(secrets.token_hex(32) + "\n")
-        log.warning("checkpoint key created", extra={"event": "checkpoint_key_created",
-                                                     "path": str(path)})
+        finally:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
     try:
         key = path.read_bytes().strip()
     except OSError as exc:
