@@ -22,6 +22,7 @@ id for one episode), the agent's disconnects, RSS, the largest retained status, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -51,6 +52,27 @@ class TreeAgent(tf.AgentProcess):
         self.lines, self.raw = [], []
         self._cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
+
+
+def wait_quietly(watcher, predicate, timeout_s: float, what: str) -> bool:
+    """Wait as :meth:`Watcher.wait` does, but a timeout is a figure (lost), not an error."""
+    try:
+        watcher.wait(predicate, timeout_s, what)
+        return True
+    except AssertionError:
+        return False
+
+
+def opened(stack, thing):
+    """``thing``, closed when the scenario ends."""
+    stack.callback(thing.close)
+    return thing
+
+
+def started(stack, agent):
+    """``agent``, stopped (SIGTERM) when the scenario ends, before the broker."""
+    stack.callback(agent.stop, timeout_s=60)
+    return agent
 
 
 def wait_connected(agent: tf.AgentProcess) -> None:
@@ -107,11 +129,16 @@ GATEWAY = {"sensor-gw2": "gw2-pw-4242"}
 GATEWAY_ACL = f"\nuser sensor-gw2\ntopic write {tf.PREFIX}/{tf.SITE}/+/+/+/raw\n"
 
 
+@contextlib.contextmanager
 def shipped(work: Path, deploy: Path):
+    """The broker of ``deploy``, and an exit stack that closes what the scenario opens."""
     test_broker.DEPLOY = deploy
     b = test_broker.ShippedBroker(work / "mosquitto", agent_id=tf.AGENT_ID,
                                   extra_users=GATEWAY, extra_acl=GATEWAY_ACL)
-    return b.start()
+    with contextlib.ExitStack() as stack:
+        stack.callback(b.stop)
+        b.start()
+        yield b, stack
 
 
 def agent_port(b) -> int:
@@ -133,18 +160,17 @@ def watch(b, port, *topics) -> tf.Watcher:
 
 def flood(tree: Path, work: Path, deploy: Path, channels: int = 25_000,
           machines: int = 200_000) -> dict:
-    b = shipped(work, deploy)
-    try:
+    with shipped(work, deploy) as (b, stack):
         config = live_config(work, b, channels="")
         expected, last_window = tf.reference(config, work, tf.BASELINE, tf.FAULT)
-        watcher = watch(b, b.tls_port, f"{tf.PREFIX}/#")
-        sensor = tf.Sensor(tf.shipped_settings(b, "sensor", b.tls_port))
-        agent = TreeAgent(tree, config)
+        watcher = opened(stack, watch(b, b.tls_port, f"{tf.PREFIX}/#"))
+        sensor = opened(stack, tf.Sensor(tf.shipped_settings(b, "sensor", b.tls_port)))
+        agent = started(stack, TreeAgent(tree, config))
         wait_connected(agent)
         sensor.send(tf.BASELINE)
         agent.wait_event("baseline_learned")
         rss0, lines0 = tf.rss_mb(agent.pid), len(agent.raw)
-        started = time.monotonic()
+        began = time.monotonic()
         for i in range(channels):
             sensor.client.publish(f"{tf.PREFIX}/{tf.SITE}/{tf.AREA}/motor-1/c{i}/raw", b"junk")
         for i in range(machines):
@@ -155,35 +181,27 @@ def flood(tree: Path, work: Path, deploy: Path, channels: int = 25_000,
         # sent once the agent has taken in the flood (its refusal counters stop growing).
         consumed_s = settled(watcher, published)
         sensor.send(tf.FAULT)
-        try:
-            watcher.wait(tf.machine_done(last_window), 150, "the last window")
-        except AssertionError:
-            pass
+        wait_quietly(watcher, tf.machine_done(last_window), 150, "the last window")
         time.sleep(3.0)  # two more status periods: the largest document they publish
         figures = {"scenario": "flood", "sent": channels + machines + len(tf.FAULT),
                    **outcome(expected, watcher.alert_ids()), "disconnects": disconnects(agent),
-                   "seconds": round(time.monotonic() - started, 1),
+                   "seconds": round(time.monotonic() - began, 1),
                    "flood_consumed_s": consumed_s, "refusals_reported": refusals_seen(watcher),
                    "rss_mb": [round(rss0), round(tf.rss_mb(agent.pid))],
                    "largest_status_bytes": largest_status(watcher),
                    "log_lines": len(agent.raw) - lines0}
-        agent.stop(timeout_s=60)
-        sensor.close()
-        watcher.close()
         return figures
-    finally:
-        b.stop()
 
 
 def takeover(tree: Path, work: Path, deploy: Path, attempts: int = 10) -> dict:
     from edge_agent.mqtt.client import make_client
 
-    b = shipped(work, deploy)
-    try:
+    with shipped(work, deploy) as (b, stack):
         config = live_config(work, b)
         expected, last_window = tf.reference(config, work, tf.BASELINE, tf.FAULT)
-        watcher = watch(b, b.tls_port, f"{tf.PREFIX}/{tf.SITE}/{tf.AREA}/motor-1/status")
-        agent = TreeAgent(tree, config)
+        watcher = opened(stack, watch(b, b.tls_port,
+                                      f"{tf.PREFIX}/{tf.SITE}/{tf.AREA}/motor-1/status"))
+        agent = started(stack, TreeAgent(tree, config))
         wait_connected(agent)
         stop = threading.Event()
 
@@ -200,36 +218,29 @@ def takeover(tree: Path, work: Path, deploy: Path, attempts: int = 10) -> dict:
 
         thread = threading.Thread(target=impostor)
         thread.start()
-        operator_sensor = tf.Sensor(tf.shipped_settings(b, "sensor-gw2", b.tls_port), "gw2")
+        gateway = opened(stack, tf.Sensor(tf.shipped_settings(b, "sensor-gw2", b.tls_port),
+                                          "gw2"))
         for frame in tf.BASELINE + tf.FAULT:
-            operator_sensor.send([frame])
+            gateway.send([frame])
             time.sleep(2.0 * attempts / len(tf.BASELINE + tf.FAULT))
         thread.join()
-        try:
-            watcher.wait(tf.machine_done(last_window), 30, "the last window")
-        except AssertionError:
-            pass
+        wait_quietly(watcher, tf.machine_done(last_window), 30, "the last window")
         figures = {"scenario": "takeover", "attempts": attempts,
                    **outcome(expected, watcher.alert_ids()), "disconnects": disconnects(agent)}
-        agent.stop(timeout_s=60)
-        operator_sensor.close()
-        watcher.close()
         return figures
-    finally:
-        b.stop()
 
 
 def kill9(tree: Path, work: Path, deploy: Path) -> dict:
-    b = shipped(work, deploy)
-    try:
+    with shipped(work, deploy) as (b, stack):
         config = live_config(work, b)
         # a periodic checkpoint between the baseline and the fault, as in a plant's first hours
         config.write_text(config.read_text().replace("checkpoint_every_s = 300.0",
                                                      "checkpoint_every_s = 2.0"))
         expected, last_window = tf.reference(config, work, tf.BASELINE, tf.FAULT, tf.MORE_FAULT)
-        watcher = watch(b, b.tls_port, f"{tf.PREFIX}/{tf.SITE}/{tf.AREA}/motor-1/status")
-        sensor = tf.Sensor(tf.shipped_settings(b, "sensor", b.tls_port))
-        agent = TreeAgent(tree, config)
+        watcher = opened(stack, watch(b, b.tls_port,
+                                      f"{tf.PREFIX}/{tf.SITE}/{tf.AREA}/motor-1/status"))
+        sensor = opened(stack, tf.Sensor(tf.shipped_settings(b, "sensor", b.tls_port)))
+        agent = started(stack, TreeAgent(tree, config))
         wait_connected(agent)
         sensor.send(tf.BASELINE)
         learned = agent.wait_event("baseline_learned")
@@ -237,21 +248,13 @@ def kill9(tree: Path, work: Path, deploy: Path) -> dict:
         sensor.send(tf.FAULT)
         watcher.wait(lambda w: w.alert_ids(), 60, "the alarm")
         agent.stop(signal.SIGKILL)
-        again = TreeAgent(tree, config)
+        again = started(stack, TreeAgent(tree, config))
         wait_connected(again)
         sensor.send(tf.MORE_FAULT)
-        try:
-            watcher.wait(tf.machine_done(last_window), 60, "the last window")
-        except AssertionError:
-            pass
+        wait_quietly(watcher, tf.machine_done(last_window), 60, "the last window")
         figures = {"scenario": "kill9", **outcome(expected, watcher.alert_ids()),
                    "relearned_baselines": len(again.events("baseline_learned"))}
-        again.stop(timeout_s=60)
-        sensor.close()
-        watcher.close()
         return figures
-    finally:
-        b.stop()
 
 
 def full_disk(tree: Path, work: Path, deploy: Path, hold_s: float = 8.0) -> dict:
@@ -260,15 +263,14 @@ def full_disk(tree: Path, work: Path, deploy: Path, hold_s: float = 8.0) -> dict
                   tf.SAMPLE_DATA / "cwru" / "48k_Drive_End_IR007_0_109.mat",
                   tf.SAMPLE_DATA / "cwru" / "normal_0_97.mat",
                   tf.SAMPLE_DATA / "cwru" / "48k_Drive_End_OR007@6_0_135.mat"]
-    b = shipped(work, deploy)
-    try:
+    with shipped(work, deploy) as (b, stack):
         config = tf.write_config(work, agent_port(b), user="edge-agent",
                                  password=b.users["edge-agent"], tls_ca=b.certs["ca"],
                                  replay=recordings, speed=1500.0, checkpoint_every_s=1.0)
         config.write_text(config.read_text().replace('host = "127.0.0.1"', 'host = "localhost"'))
         expected = tf.replay_reference(config, work)
-        watcher = watch(b, b.tls_port)
-        agent = TreeAgent(tree, config, "--exit-after-replay")
+        watcher = opened(stack, watch(b, b.tls_port))
+        agent = started(stack, TreeAgent(tree, config, "--exit-after-replay"))
         wait_connected(agent)
         hard = resource.prlimit(agent.pid, resource.RLIMIT_FSIZE)[1]
         resource.prlimit(agent.pid, resource.RLIMIT_FSIZE, (1, hard))
@@ -281,10 +283,7 @@ def full_disk(tree: Path, work: Path, deploy: Path, hold_s: float = 8.0) -> dict
         figures = {"scenario": "full_disk", **outcome(expected, watcher.alert_ids()),
                    "received_while_full": during, "exit_code": code,
                    "processing_errors": len(agent.events("processing_error"))}
-        watcher.close()
         return figures
-    finally:
-        b.stop()
 
 
 SCENARIOS = {"flood": flood, "takeover": takeover, "kill9": kill9, "full_disk": full_disk}
