@@ -98,13 +98,14 @@ def refusals_seen(watcher) -> int:
 
 
 def settled(watcher, since: float, quiet_s: float = 3.0, limit_s: float = 90.0) -> float:
-    """Seconds from ``since`` until the reported refusals stop growing for ``quiet_s``."""
-    last, changed = -1, time.monotonic()
+    """Seconds from ``since`` until the reported refusals stop growing for ``quiet_s`` while
+    fresh status documents keep arriving (the agent's status shares the busy connection)."""
+    last, changed, fresh = -1, time.monotonic(), len(watcher.messages)
     while time.monotonic() - since < limit_s:
-        seen = refusals_seen(watcher)
+        seen, docs = refusals_seen(watcher), len(watcher.messages)
         if seen != last:
-            last, changed = seen, time.monotonic()
-        elif time.monotonic() - changed >= quiet_s:
+            last, changed, fresh = seen, time.monotonic(), docs
+        elif time.monotonic() - changed >= quiet_s and docs >= fresh + 4:
             break
         time.sleep(0.2)
     return round(changed - since, 1)
