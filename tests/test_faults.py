@@ -425,6 +425,19 @@ def test_full_or_read_only_state_directory_at_start_is_exit_2(broker, tmp_path):
     check = subprocess.run([sys.executable, "-m", "edge_agent", "config", "check", str(config)],
                            capture_output=True, text=True, cwd=REPO, timeout=60)
     assert check.returncode == 0 and "writable" in check.stdout and "free" in check.stdout
+    # a read-only file system (a read-only bind mount, where mounting is permitted)
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(state), str(state)],
+                      capture_output=True).returncode != 0:
+        return
+    try:
+        run = subprocess.run([sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+                             capture_output=True, text=True, cwd=REPO, timeout=60)
+        check = subprocess.run([sys.executable, "-m", "edge_agent", "config", "check",
+                                str(config)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(state)], capture_output=True)
+    assert run.returncode == 2 and "Read-only file system" in run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "NOT writable here" in check.stdout
 
 
 # -- 2. kill -9 with live data ----------------------------------------------------------------------
