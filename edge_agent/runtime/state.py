@@ -258,7 +258,8 @@ class StateStore:
 # -- the alert state machine as JSON ----------------------------------------------------------------
 def encode_state(obj) -> str:
     """``obj`` (an alerter: plain attributes, deques, tuples, dicts and objects of its own
-    module) as JSON; dataclass attributes (its policy, from the configuration) are left out.
+    module) as JSON; frozen dataclass attributes (its policy, from the configuration) are
+    left out.
 
     >>> from edge_agent.runtime.alerts import AlertPolicy, MachineAlerter
     >>> a = MachineAlerter("pump-7", AlertPolicy())
@@ -279,11 +280,17 @@ def _encode(value, module: str):
         return {"tuple" if isinstance(value, tuple) else "list": [_encode(v, module) for v in value]}
     if isinstance(value, dict):
         return {"dict": [[_encode(k, module), _encode(v, module)] for k, v in value.items()]}
-    if type(value).__module__ == module and hasattr(value, "__dict__") and not is_dataclass(value):
+    if type(value).__module__ == module and hasattr(value, "__dict__") and not _config(value):
         return {"object": type(value).__name__,
                 "attrs": {k: _encode(v, module) for k, v in vars(value).items()
-                          if not is_dataclass(v)}}
+                          if not _config(v)}}
     raise TypeError(f"cannot keep {type(value).__name__} in the alert state")
+
+
+def _config(value) -> bool:
+    """A frozen dataclass instance: configuration (a policy), taken from the live object."""
+    return is_dataclass(value) and not isinstance(value, type) and \
+        type(value).__dataclass_params__.frozen
 
 
 def apply_state(target, text: str):
@@ -293,7 +300,7 @@ def apply_state(target, text: str):
     left out (its policy) are taken from ``target``.
     """
     doc = json.loads(text)
-    keep = {k: v for k, v in vars(target).items() if is_dataclass(v)}
+    keep = {k: v for k, v in vars(target).items() if _config(v)}
     module = sys.modules[type(target).__module__]
     for name, value in doc["attrs"].items():
         setattr(target, name, _decode(value, module, keep))
