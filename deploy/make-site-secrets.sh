@@ -16,6 +16,9 @@
 #                               healthcheck  uid 1883 (the broker's health check), mode 0400
 #                               others       root, mode 0600: hand them to the people concerned
 #   clients/<name>.crt|.key   with --client NAME (key: uid 10001 for edge-agent, else root; 0600)
+#   agent/checkpoint-key      the key that authenticates the agent's checkpoints (HMAC-SHA256;
+#                             32 random bytes, hex), uid 10001, mode 0400: a compose secret, or
+#                             /etc/edge-agent/checkpoint-key for systemd's LoadCredential=
 #
 # Idempotent: refuses to touch an existing --out that holds any of these files unless --force
 # (which replaces everything, the CA included: every client then needs the new ca.crt).
@@ -112,6 +115,7 @@ for f in ca.crt private/ca.key broker/server.crt broker/server.key broker/passwd
     [ -e "$out/$f" ] && existing+=("$f")
 done
 for u in $users; do [ -e "$out/passwords/$u" ] && existing+=("passwords/$u"); done
+[ -e "$out/agent/checkpoint-key" ] && existing+=("agent/checkpoint-key")
 for c in "${clients[@]}"; do [ -e "$out/clients/$c.key" ] && existing+=("clients/$c.key"); done
 if [ ${#existing[@]} -gt 0 ]; then
     [ "$force" = 1 ] || die "$out already holds secrets (${existing[*]}); nothing changed. --force replaces all of them, the CA included"
@@ -120,9 +124,9 @@ fi
 
 mkdir -p "$out"
 chmod 0700 "$out"
-mkdir -p "$out/private" "$out/broker" "$out/passwords"
+mkdir -p "$out/private" "$out/broker" "$out/passwords" "$out/agent"
 [ ${#clients[@]} -eq 0 ] || mkdir -p "$out/clients"
-chmod 0700 "$out/private" "$out/broker" "$out/passwords"
+chmod 0700 "$out/private" "$out/broker" "$out/passwords" "$out/agent"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -221,8 +225,13 @@ esac
 grep -q '^[^:]*:\$7\$' "$work/passwd" || die "mosquitto_passwd did not produce hashed entries"
 cp "$work/passwd" "$out/broker/passwd"
 
+# --- the agent's checkpoint key ----------------------------------------------------------------
+# Kept outside the agent's state directory: whoever can write a checkpoint without it is refused.
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$out/agent/checkpoint-key"
+
 # --- ownership and modes ----------------------------------------------------------------------
 chmod 0600 "$out/broker/server.key" "$out/broker/passwd" "$out"/passwords/*
+chmod 0400 "$out/agent/checkpoint-key"
 if [ "$chown_files" = 1 ]; then
     chown "$broker_owner" "$out/broker/server.key" "$out/broker/passwd"
     for u in $users; do
@@ -234,12 +243,13 @@ if [ "$chown_files" = 1 ]; then
     for c in "${clients[@]}"; do
         [ "$c" = edge-agent ] && chown "$agent_owner" "$out/clients/$c.key"
     done
+    chown "$agent_owner" "$out/agent/checkpoint-key"
 fi
 # Directories: traversable but not listable (0711). Containers get single files bind-mounted by
 # the runtime (root); a Mosquitto running natively as its own user (a distribution's package)
 # needs to traverse them. private/ stays root-only.
 chmod 0700 "$out/private"
-chmod 0711 "$out" "$out/broker" "$out/passwords"
+chmod 0711 "$out" "$out/broker" "$out/passwords" "$out/agent"
 [ ${#clients[@]} -eq 0 ] || chmod 0711 "$out/clients"
 
 say "done; files (mode uid:gid path):"

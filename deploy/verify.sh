@@ -347,14 +347,15 @@ fi
 step "i. make-site-secrets.sh"
 SECRETS="$REPO/deploy/make-site-secrets.sh"
 if logged secrets bash "$SECRETS" --out "$SITE" --site verify --san localhost --san 127.0.0.1 --client edge-agent; then
-    perms=$(cd "$SITE" && stat -c '%n %a %u:%g' broker/server.key broker/passwd passwords/edge-agent passwords/healthcheck passwords/operator private/ca.key clients/edge-agent.key)
+    perms=$(cd "$SITE" && stat -c '%n %a %u:%g' broker/server.key broker/passwd passwords/edge-agent passwords/healthcheck passwords/operator private/ca.key clients/edge-agent.key agent/checkpoint-key)
     expected="broker/server.key 600 1883:1883
 broker/passwd 600 1883:1883
 passwords/edge-agent 400 10001:10001
 passwords/healthcheck 400 1883:1883
 passwords/operator 600 0:0
 private/ca.key 600 0:0
-clients/edge-agent.key 600 10001:10001"
+clients/edge-agent.key 600 10001:10001
+agent/checkpoint-key 400 10001:10001"
     if [ "$perms" = "$expected" ]; then
         pass "i. secrets: $(tr '\n' ',' <<<"$perms" | sed 's/,$//; s/,/, /g')"
     else
@@ -571,7 +572,7 @@ checkpoint_every_s = 5.0
 
 [mqtt]
 host = "localhost"                   # the broker shares the pod's network namespace
-port = 8883
+port = 8884                          # the agents' listener
 username = "edge-agent"
 password_file = "/run/secrets/edge-agent-mqtt"
 tls_ca = "/etc/edge-agent/ca.crt"
@@ -603,9 +604,11 @@ if [ "$BROKER_UP" = 1 ]; then
     sleep 1
     if logged agent-start podman run -d --pod "$POD" --name "$ID-agent" "${RUNFLAGS[@]}" \
             -e EDGE_AGENT_MQTT_PASSWORD_FILE=/run/secrets/edge-agent-mqtt \
+            -e EDGE_AGENT_CHECKPOINT_KEY_FILE=/run/secrets/edge-agent-checkpoint-key \
             -v "$WORK/agent-e2e.toml:/etc/edge-agent/agent.toml:ro" \
             -v "$SITE/ca.crt:/etc/edge-agent/ca.crt:ro" \
             -v "$SITE/passwords/edge-agent:/run/secrets/edge-agent-mqtt:ro" \
+            -v "$SITE/agent/checkpoint-key:/run/secrets/edge-agent-checkpoint-key:ro" \
             -v "$REPO/sample_data/cwru:/data:ro" \
             -v "$ID-state:/var/lib/edge-agent" "$IMAGE"; then
         wait "$sub_pid" || true
@@ -733,6 +736,7 @@ if [ "$BROKER_UP" = 1 ] && logged systemd-image buildah bud --isolation chroot -
             -v "$WORK/agent-systemd.toml:/etc/edge-agent/agent.toml:ro" \
             -v "$SITE/ca.crt:/etc/edge-agent/ca.crt:ro" \
             -v "$WORK/sd/mqtt-password:/etc/edge-agent/mqtt-password:ro" \
+            -v "$SITE/agent/checkpoint-key:/etc/edge-agent/checkpoint-key:ro" \
             -v "$REPO/sample_data/cwru:/data:ro" "$SD_IMAGE"; then
         wait "$sub_pid" || true
         sx() { podman exec "$ID-systemd" "$@"; }

@@ -233,7 +233,20 @@ def _cmd_config_check(args) -> int:
     for problem in unreadable_files(config):  # may be readable where the agent runs
         print(f"  warning: not readable here: {problem}; 'edge-agent run' refuses to start "
               f"where it cannot read it")
-    print(f"  agent {config.id}, state in {config.state_dir}")
+    from edge_agent.errors import free_bytes
+    from edge_agent.runtime.state import state_dir_problem
+
+    problem = state_dir_problem(config.state_dir, create=False)
+    free = free_bytes(config.state_dir)
+    space = "free space unknown" if free is None else f"{free / 2**20:.0f} MiB free"
+    print(f"  agent {config.id}, state in {config.state_dir}: "
+          f"{'writable' if problem is None else 'NOT writable here: ' + problem}, {space}")
+    from edge_agent.runtime.state import checkpoint_key_path
+
+    key = checkpoint_key_path(config)
+    print(f"  checkpoint key {key}: " + ("present" if key.exists() else
+                                         "missing: created at first start if its directory "
+                                         "is writable there, else 'run' stops (exit 2)"))
     m = config.mqtt
     print(f"  broker {m.host}:{m.broker_port} MQTT {m.protocol}"
           f"{' TLS' if m.use_tls else ''}{' as ' + m.username if m.username else ''}")

@@ -1,10 +1,15 @@
 """``edge-agent run``: the agent as a long-running service.
 
-Start: load and validate the configuration, restore the last checkpoint, open
-the outbox, connect (retrying in the background). Run until SIGTERM or SIGINT,
-then write a checkpoint, publish ``offline`` and leave what is undelivered in
-the outbox for the next start. Exit codes: 0 clean stop, 2 configuration or
-usage error, 1 anything unexpected (logged with its traceback).
+Start: load and validate the configuration, check that the state directory
+takes a write (a full or read-only one is exit 2, naming the path and the
+problem), open the outbox, restore the last checkpoint and then each machine's
+alert state from the outbox, connect (retrying in the background). Run until
+SIGTERM or SIGINT, then write a checkpoint (not when an alert is still waiting
+for storage), publish ``offline`` and leave what is undelivered in the outbox
+for the next start. Exit codes: 0 clean stop, 2 configuration or usage error,
+1 anything unexpected: logged as ``edge-agent failed: <what>`` (with its
+traceback), and the retained agent status says ``offline``, ``reason: crashed``
+and the error.
 
 With ``[resources] workers = N`` (N > 1, one per core of a multi-core gateway)
 this process only supervises: it starts N workers (``edge-agent run --worker
@@ -28,9 +33,11 @@ def run_command(args) -> int:
     from edge_agent import __version__
     from edge_agent.runtime.agent import Agent
     from edge_agent.runtime.config import load_config
+    from edge_agent.errors import StorageError
     from edge_agent.logs import setup_logging
-    from edge_agent.mqtt.link import connect_agent
+    from edge_agent.mqtt.link import AgentLink
     from edge_agent.runtime.sources import ReplaySource
+    from edge_agent.runtime.state import state_dir_problem
 
     from edge_agent.runtime.config import ConfigError, for_worker, unreadable_files
 
@@ -44,7 +51,10 @@ def run_command(args) -> int:
         config = for_worker(config, index, count)
     elif config.resources.workers > 1:
         return supervise(args, config.resources.workers)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    problem = state_dir_problem(config.state_dir)
+    if problem is not None:
+        raise ConfigError(f"state directory {config.state_dir}: {problem} "
+                          f"({_free(config.state_dir)}); free space or fix [agent] state_dir")
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -53,8 +63,14 @@ def run_command(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent = Agent(config)
-    agent.restore()
+    try:
+        agent = Agent(config)
+        link = AgentLink(agent)  # the outbox first: restore reads alert states from it
+    except StorageError as exc:
+        raise ConfigError(f"state directory {config.state_dir}: cannot write {exc.path}: "
+                          f"{exc.detail} ({_free(config.state_dir)})") from None
+    agent.link = link
+    agent.restore(link.alert_states())
     log.info("edge-agent starting", extra={
         "event": "start", "version": __version__, "agent": config.id,
         "state_dir": str(config.state_dir), "machines": [m.id for m in config.machines],
@@ -66,15 +82,23 @@ def run_command(args) -> int:
                               fs_hz=config.replay.fs_hz, machine=config.replay.machine,
                               position=agent.replay_position)
     try:
-        connect_agent(agent)
+        link.start()
         agent.run(stop, source, exit_when_done=args.exit_after_replay)
-    except Exception:
-        log.exception("edge-agent failed", extra={"event": "crash"})
-        agent.close(drain_s=0.0)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.exception(f"edge-agent failed: {error}", extra={"event": "crash", "error": error})
+        agent.close(drain_s=2.0, error=error)  # a short drain: the outbox keeps the rest
         return 1
     agent.close()
     log.info("edge-agent stopped", extra={"event": "stop", **agent.stats})
     return 0
+
+
+def _free(path) -> str:
+    from edge_agent.errors import free_bytes
+
+    free = free_bytes(path)
+    return "free space unknown" if free is None else f"{free} bytes free"
 
 
 def supervise(args, count: int) -> int:

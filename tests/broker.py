@@ -182,7 +182,7 @@ class Broker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited with {self.proc.returncode}:\n{self.log()}")
-            if all(listening(self.host, p) for p in (self.port, self.tls_port)):
+            if all(listening(self.host, p) for p in self.ports):
                 return self
             time.sleep(0.02)
         self.stop()
@@ -210,6 +210,10 @@ class Broker:
         self.proc.send_signal(signal.SIGCONT)
 
     @property
+    def ports(self) -> tuple[int, ...]:
+        return self.port, self.tls_port
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -229,3 +233,60 @@ def listening(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
+#: The shipped ACL's site names (deploy/mosquitto/acl) and what the tests use instead.
+SHIPPED_NAMES = {"acme": PREFIX, "hamburg": SITE}
+SHIPPED_USERS = {"edge-agent": "agent-pw-7f3a9c", "operator": "operator-pw-51be02",
+                 "sensor": "sensor-pw-c0ffee", "healthcheck": "health-pw-0d0d0d"}
+
+
+class ShippedBroker(Broker):
+    """Mosquitto with deploy/mosquitto/mosquitto.conf and deploy/mosquitto/acl as shipped,
+    adapted to loopback: listeners on free ports, the test's files for paths, the site's
+    names (``acme``, ``hamburg``, ``gw-hamburg-1``) replaced by the tests' ones.
+
+    ``tls_port`` is the plant listener (8883), ``agent_port`` the agents' listener (8884),
+    ``port`` the plain loopback one (1883); every directive else is the shipped one.
+    """
+
+    def __init__(self, directory: Path, agent_id: str = "gw-1", *, extra_users=None,
+                 extra_acl: str = ""):
+        acl = (DEPLOY / "acl").read_text()
+        for shipped, ours in {"gw-hamburg-1": agent_id, **SHIPPED_NAMES}.items():
+            acl = acl.replace(shipped, ours)
+        super().__init__(directory, users={**SHIPPED_USERS, **(extra_users or {})},
+                         acl=acl + extra_acl)
+        conf = (DEPLOY / "mosquitto.conf").read_text()
+        # a configuration without an agents' listener (older ones): agents use the plant's
+        self.agent_port = free_port() if "listener 8884" in conf.splitlines() else self.tls_port
+        while "listener 8884" in conf.splitlines() and self.agent_port in (self.port, self.tls_port):
+            self.agent_port = free_port()
+        listeners = {"listener 8883": f"listener {self.tls_port} {self.host}",
+                     "listener 8884": f"listener {self.agent_port} {self.host}",
+                     "listener 1883 127.0.0.1": f"listener {self.port} {self.host}"}
+        paths = {"password_file": self.dir / "passwd", "acl_file": self.dir / "acl",
+                 "persistence_location": f"{self.dir / 'data'}/",
+                 "certfile": self.certs["server_cert"], "keyfile": self.certs["server_key"],
+                 "cafile": self.certs["ca"]}
+        lines = []
+        for line in conf.splitlines():
+            key = line.split(" ", 1)[0]
+            if line in listeners:
+                line = listeners[line]
+            elif key in paths:
+                line = f"{key} {paths[key]}"
+            elif key == "log_dest":
+                line = "log_dest stderr"
+            lines.append(line)
+        if os.geteuid() == 0:
+            lines.insert(0, "user root")
+        self.shipped_conf = "\n".join(lines) + "\n"
+        self.conf.write_text(self.shipped_conf)
+        self.max_packet_size = int(next(line.split()[1] for line in lines
+                                        if line.startswith("max_packet_size ")))
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys((self.port, self.tls_port, self.agent_port)))

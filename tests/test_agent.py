@@ -18,7 +18,7 @@ import pytest
 
 from edge_agent.mqtt.link import connect_agent
 from edge_agent.runtime.agent import Agent
-from edge_agent.runtime.config import load_config
+from edge_agent.runtime.config import MqttSettings, load_config
 from edge_agent.demo import SCENARIOS, ChainSource, demo_config
 from edge_agent.schema import load_schema
 from edge_agent.runtime.sources import ReplaySource
@@ -88,11 +88,9 @@ def wait_until(predicate, timeout_s: float) -> bool:
 
 
 def mqtt_settings(broker, **changes):
-    from edge_agent.runtime.config import MqttSettings
-
     return MqttSettings(host=broker.host, port=broker.port, username="agent",
-                        password=USERS["agent"], reconnect_min_s=0.2, reconnect_max_s=1.0,
-                        keepalive_s=5, **changes)
+                        password=USERS["agent"], **{"reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
+                                                    "keepalive_s": 5, **changes})
 
 
 def demo_sources(speed):
@@ -116,7 +114,11 @@ def test_a_30_s_broker_outage_mid_replay_loses_no_alert(broker, tmp_path):
     expected = list(offline.recent_alerts)
     assert len(expected) >= 5
     subscriber = Subscriber(broker, tmp_path, "ops-outage")
-    config = replace(base, state_dir=tmp_path / "agent", mqtt=mqtt_settings(broker),
+    # the default backoff (1 s doubling to reconnect_max_s, 10 s): the reconnect time is measured
+    default = mqtt_settings(broker, reconnect_min_s=1.0, reconnect_max_s=10.0)
+    assert (default.reconnect_min_s, default.reconnect_max_s) == (
+        MqttSettings.reconnect_min_s, MqttSettings.reconnect_max_s)
+    config = replace(base, state_dir=tmp_path / "agent", mqtt=default,
                      topics=replace(base.topics, prefix=PREFIX, site=SITE))
     agent = Agent(config)
     link = connect_agent(agent)
@@ -134,12 +136,16 @@ def test_a_30_s_broker_outage_mid_replay_loses_no_alert(broker, tmp_path):
     time.sleep(30.0)
     queued = link.outbox.depth
     broker.start()
+    back = time.monotonic()
+    assert link.publisher.wait_connected(20)
+    reconnect_s = time.monotonic() - back  # the backoff had reached its cap during the outage
     worker.join(120)
     assert link.publisher.wait_idle(60), "the outbox did not drain after the outage"
     subscriber.wait_for([a["id"] for a in expected], 30)
     agent.close()
     subscriber.stop()
     assert time.monotonic() - outage_started >= 30.0
+    assert reconnect_s <= MqttSettings.reconnect_max_s + 1.5, reconnect_s
     assert queued >= 1  # alerts were raised while the broker was down ...
     received = {a["id"]: a for a in subscriber.lines}
     assert set(received) == {a["id"] for a in expected}  # ... and none was lost

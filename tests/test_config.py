@@ -192,7 +192,9 @@ def test_secrets_from_the_environment_are_never_shown():
 
 def test_config_check_command(tmp_path):
     out = edge_agent("config", "check", EXAMPLE).stdout
-    assert "OK" in out and "machine pump-7" in out and "broker broker.plant.local:8883" in out
+    assert "OK" in out and "machine pump-7" in out and "broker broker.plant.local:8884" in out
+    assert "state in /var/lib/edge-agent: " in out and "free" in out
+    assert "checkpoint key /run/secrets/edge-agent-checkpoint-key" in out
     bad = tmp_path / "bad.toml"
     bad.write_text(MINIMAL + "window_s = -1\n")
     result = edge_agent("config", "check", bad, check=False)

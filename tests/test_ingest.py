@@ -198,10 +198,11 @@ def test_rejection_counter_and_sensor_health(caplog):
     counter = RejectionCounter(stale_s=60.0, clock=clock)
     assert counter.health("m", "de") == "no_data"
     counter.accepted("m", "de")
+    clock.t += 11  # health changes are logged at most every 10 s per channel
     counter.rejected("m", "de", "clipped", "41 samples at 2 g")
     counter.rejected("m", "de", "clipped")
     counter.rejected("m", "nde", "flatline")
-    counter.accepted("m", "nde")
+    counter.accepted("m", "nde")  # within 10 s of its last line: counted, not logged
     assert counter.health("m", "de") == "clipped" and counter.health("m", "nde") == "ok"
     assert counter.counts("m", "de") == {"clipped": 2}
     assert counter.totals() == {"clipped": 2, "flatline": 1}
@@ -209,11 +210,13 @@ def test_rejection_counter_and_sensor_health(caplog):
                                      "nde": {"sensor_health": "ok", "rejected": {"flatline": 1}}}
     clock.t += 61
     assert counter.health("m", "nde") == "no_data"
-    changes = [(r.channel, r.previous, r.health) for r in caplog.records
-               if getattr(r, "event", "") == "sensor_health"]
-    # logged on change only: the second clipped frame adds no line
-    assert changes == [("de", "no_data", "ok"), ("de", "ok", "clipped"),
-                       ("nde", "no_data", "flatline"), ("nde", "flatline", "ok")]
+    counter.rejected("m", "nde", "flatline")
+    changes = [(r.channel, r.previous, r.health, getattr(r, "suppressed", 0))
+               for r in caplog.records if getattr(r, "event", "") == "sensor_health"]
+    # logged on change only (the second clipped frame adds no line), and a flapping
+    # channel's changes at most every 10 s, with the number left out
+    assert changes == [("de", "no_data", "ok", 0), ("de", "ok", "clipped", 0),
+                       ("nde", "no_data", "flatline", 0), ("nde", "ok", "flatline", 1)]
 
 
 def test_check_frame_applies_the_content_rules_to_frames_from_any_source():

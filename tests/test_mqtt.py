@@ -563,3 +563,58 @@ def test_queue_full_is_paho_s_code():
     from edge_agent.mqtt.client import QUEUE_FULL
 
     assert QUEUE_FULL == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
+
+
+def test_session_taken_over_is_logged_and_counted(offline_publisher, caplog):
+    """MQTT 5 brokers that send DISCONNECT 0x8E on a client-id takeover (Mosquitto 2.0.11 only
+    closes the socket: tests/test_faults.py covers that against the shipped config)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    pub, _ = offline_publisher
+    with caplog.at_level(logging.ERROR):
+        pub._on_disconnect(None, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E),
+                           None)
+    counters = pub.counters()
+    assert counters["takeovers"] == 1 and counters["disconnects"] == {"session_taken_over": 1}
+    [record] = [r for r in caplog.records if getattr(r, "event", "") == "mqtt_session_taken_over"]
+    assert record.client_id == "edge-agent-gw-unit"
+    status = pub._agent_status("online")
+    assert status["mqtt"]["takeovers"] == 1
+    jsonschema.Draft202012Validator(load_schema("agent-status")).validate(json.loads(
+        json.dumps(status)))
+
+
+def test_nothing_larger_than_the_brokers_packet_limit_is_sent(offline_publisher):
+    pub, sent = offline_publisher
+    pub.max_packet = pub._sender.max_packet = 5000  # as a CONNACK would say
+    assert pub.status_limit == 5000
+    pub.publish_status("t/status", {"blob": "x" * 6000})
+    pub._pump()
+    assert sent == [] and pub.counters()["status_too_large"] == 1
+    big = pub.outbox.put("t/alerts", b"y" * 6000, msg_id="big")
+    small = pub.outbox.put("t/alerts", b"z" * 10, msg_id="small")
+    pub._pump()  # the big one would get the agent disconnected at every attempt
+    assert [p for _, _, p in sent] == [b"z" * 10]
+    assert [(m.seq, why.split(" (")[0]) for m, why in pub.outbox.dead_letters()] == [
+        (big, "larger than the broker's maximum packet size")] and small > big
+
+
+def test_a_machine_status_over_the_limit_keeps_the_channels_that_fit(tmp_path):
+    from edge_agent.jsonl import dumps
+    from edge_agent.mqtt.link import fitted
+
+    channels = {f"c{i:03d}": channel_status(phase="monitoring", state="normal",
+                                             baseline_progress=1.0, last_window_s=1.7e9 + i,
+                                             sensor_health="ok") for i in range(300)}
+    doc = machine_status_doc("gw-1", "pump-7", channels, outbox_depth=0, model_version=None,
+                             ts_s=0)
+    assert len(dumps(doc)) > 50_000
+    cut = fitted(doc, lambda d: len(dumps(d).encode()) <= 20_000)
+    assert len(dumps(cut).encode()) <= 20_000 < len(dumps(doc))
+    kept = set(cut["channels"])
+    assert cut["truncated"] == {"channels": 300 - len(kept)} and len(kept) > 50
+    assert kept == {f"c{i:03d}" for i in range(300 - len(kept), 300)}  # the newest kept
+    jsonschema.Draft202012Validator(load_schema("machine-status")).validate(
+        json.loads(dumps(cut)))
+    assert fitted(doc, lambda d: True) is doc

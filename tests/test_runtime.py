@@ -167,7 +167,25 @@ def test_refusals_and_sensor_health_reach_the_machine_status(tmp_path):
                               "truncated": 1}
     assert de["sensor_health"] == "truncated"  # the latest message decides
     assert de["windows"] == 1  # the good frame (one 0.2-s window) was processed
-    assert agent.rejections.counts("pump-9", "de") == {"bad_topic": 1}
+    # a machine that is not configured gets no per-channel entry: counted for the agent
+    assert agent.rejections.counts("pump-9", "de") == {}
+    assert agent.rejections.refused_summary() == {"unknown_machine": {
+        "count": 1, "examples": ["plant/site1/line-a/pump-9/de/raw"]}}
+
+
+def test_a_machine_is_addressed_only_by_its_configured_area(tmp_path):
+    agent = make_agent(tmp_path)
+    good = encode_raw(frame(1.7e9))
+    for topic in ("plant/site1/other-area/pump-7/de/raw", "plant/site1/agents/pump-7/de/raw",
+                  "plant/site2/line-a/pump-7/de/raw", "plant/site1/line-a/pump-7/nde/raw"):
+        ingest_message(agent, topic, good)
+    assert not agent._inbox  # none of them is pump-7's data
+    refused = agent.rejections.refused_summary()
+    assert {r: v["count"] for r, v in refused.items()} == {"wrong_area": 3, "unknown_channel": 1}
+    assert "plant/site1/other-area/pump-7/de/raw" in refused["wrong_area"]["examples"]
+    assert agent.rejections.channels("pump-7") == {}  # nothing counted as the machine's
+    ingest_message(agent, TOPIC, good)
+    assert len(agent._inbox) == 1
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
@@ -206,7 +224,8 @@ def test_damaged_checkpoint_is_moved_aside_and_only_that_machine_relearns(tmp_pa
     assert fitted(restored, "fan-2") and not fitted(restored, "pump-7")
     assert [p.name.split("-", 1)[1] for p in (tmp_path / "state" / "quarantine").iterdir()] == [
         victim.name]
-    assert any("checksum" in r.reason for r in caplog.records if hasattr(r, "reason"))
+    assert any("authentication failed" in r.reason for r in caplog.records
+               if hasattr(r, "reason"))
     # it learns again from the next windows, the other goes on monitoring
     learn_two_machines(restored)
     assert fitted(restored, "pump-7")
@@ -226,6 +245,74 @@ def test_incompatible_or_unreadable_manifest_means_a_fresh_start(tmp_path):
     manifest.write_text("{not json")
     fresh.restore()  # no crash either
     assert fresh.pipeline.detectors == {}
+
+
+class _Planted:
+    """A pickle that, when loaded, writes a marker file: what an attacker would plant."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_is_refused_before_it_runs_even_with_its_hash_updated(tmp_path):
+    import hashlib
+    import pickle
+
+    from edge_agent.runtime.state import FORMAT, MAGIC
+
+    agent = learn_two_machines(two_machine_agent(tmp_path))
+    agent.checkpoint()
+    checkpoints = tmp_path / "state" / "checkpoints"
+    manifest = json.loads((checkpoints / "MANIFEST.json").read_text())
+    marker = tmp_path / "code-ran"
+    victim = manifest["machines"]["pump-7"]["file"]
+    data = MAGIC + f" {FORMAT} 0.1.0\n".encode() + pickle.dumps(_Planted(marker))
+    (checkpoints / victim).write_bytes(data)
+    # what a writer without the key can do: update the hash, and the old-style checksum
+    manifest["machines"]["pump-7"].update(sha256=hashlib.sha256(data).hexdigest(),
+                                          hmac=hashlib.sha256(data).hexdigest())
+    (checkpoints / "MANIFEST.json").write_text(json.dumps(manifest))
+    restored = two_machine_agent(tmp_path)
+    restored.restore()  # no crash, no code run: the manifest fails authentication
+    assert not marker.exists()
+    assert not fitted(restored, "pump-7") and not fitted(restored, "fan-2")
+    learn_two_machines(restored)  # the agent goes on and learns again
+    assert fitted(restored, "pump-7") and restored.checkpoint() is not None
+
+
+def test_manifest_paths_stay_inside_checkpoints_and_files_are_private(tmp_path):
+    import os
+    import pickle
+
+    from edge_agent.runtime.state import StateStore, load_key
+
+    old = os.umask(0)  # the most permissive umask: modes must not depend on it
+    try:
+        key = load_key(tmp_path / "key", tmp_path / "state")
+        store = StateStore(tmp_path / "state", key)
+        store.save({"pump-7": {"x": 1}}, {})
+        outside = tmp_path / "outside.ckpt"
+        outside.write_bytes(pickle.dumps(_Planted(tmp_path / "code-ran")))
+        manifest_path = store.manifest_path
+        manifest = json.loads(manifest_path.read_text())
+        for bad in (str(outside), "../../outside.ckpt", "sub/x.1.ckpt"):
+            manifest["machines"] = {"pump-7": {"file": bad, "hmac": "0" * 64}}
+            manifest["hmac"] = store._manifest_mac(manifest)  # as if the key leaked
+            manifest_path.write_text(json.dumps(manifest))
+            machines, _ = StateStore(tmp_path / "state", key).load()
+            assert machines == {} and outside.exists() and not (tmp_path / "code-ran").exists()
+        modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777)
+                 for p in [tmp_path / "key", *(tmp_path / "state").rglob("*")]}
+        assert modes["key"] == "0o600" and modes["state/checkpoints"] == "0o700"
+        assert all(m == "0o600" for p, m in modes.items() if p.endswith((".ckpt", ".json")))
+        assert oct((tmp_path / "state").stat().st_mode & 0o777) == "0o700"
+        with pytest.raises(Exception, match="inside the state directory"):
+            load_key(tmp_path / "state" / "key", tmp_path / "state")
+    finally:
+        os.umask(old)
 
 
 # -- falling behind ---------------------------------------------------------------------------------

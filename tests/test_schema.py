@@ -107,9 +107,28 @@ def test_status_documents_validate():
                               mqtt={"protocol": "5", "connected": True, "reconnects": 1,
                                     "sent": 10, "acked": 9, "refused": {"not_authorized": 1}})
     will = agent_status_doc("gw-1", "offline", "0.1.0", reason="connection_lost")
-    for doc in (online, will):
+    full = agent_status_doc(
+        "gw-1", "online", "0.1.0", ts_s=1714564801.0,
+        storage={"state": "storage_full", "path": "/var/lib/edge-agent/outbox.sqlite",
+                 "free_bytes": 0, "error": "database or disk is full (SQLITE_FULL)"},
+        rejected={"wrong_area": {"count": 3, "examples": ["plant/s/other/pump-7/de/raw"]},
+                  "too_many_channels": {"count": 24937, "examples": ["pump-7/c63"]}},
+        mqtt={"protocol": "5", "connected": True, "max_packet_bytes": 4210688,
+              "disconnects": {"session_taken_over": 1}, "takeovers": 1, "status_too_large": 0},
+        processing={"frames": 1, "dropped_at_stop": 12, "storage_retries": 4})
+    crashed = agent_status_doc("gw-1", "offline", "0.1.0", reason="crashed", ts_s=1714564801.0,
+                               error="RecordingError: broken.npz: not a readable .npz archive")
+    for doc in (online, will, full, crashed):
         validator("agent-status").validate(doc)
     assert not validator("agent-status").is_valid({**will, "status": "sleeping"})
+    assert not validator("agent-status").is_valid(
+        {**full, "storage": {**full["storage"], "state": "tired"}})
+    assert not validator("agent-status").is_valid(
+        {**full, "rejected": {"bad_topic": {"count": 1, "examples": ["x"] * 6}}})
+    cut = machine_status_doc("gw-1", "pump-7", {"de": ch}, outbox_depth=0, model_version=None,
+                             ts_s=0)
+    validator("machine-status").validate({**cut, "truncated": {"channels": 40}})
+    assert not validator("machine-status").is_valid({**cut, "truncated": {"channels": 0}})
 
 
 def test_topics_build_and_parse_back():

@@ -1,18 +1,29 @@
 """The agent's side of MQTT: what it subscribes to, how it queues alerts, and the status it
-keeps retained."""
+keeps retained.
+
+A machine is addressed only by its full configured path
+``<prefix>/<site>/<area>/<machine>/…`` (its ``area``, else ``[topics] area``):
+frames, features and commands on another area are refused and counted
+(``wrong_area``), as are unknown machines and channels and names beyond the
+bounds of :class:`~edge_agent.runtime.sensor_health.RejectionCounter`.
+Status documents stay below ``[mqtt] status_max_bytes`` (and the broker's
+packet limit): a machine status that would not fits its per-channel part and
+says so (``truncated``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 
-from edge_agent.mqtt.ingest import decode_message
+from edge_agent.jsonl import dumps
+from edge_agent.mqtt.ingest import decode_features, decode_raw
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.publisher import Publisher
+from edge_agent.mqtt.sender import publish_size
 from edge_agent.mqtt.topics import TopicError, Topics
 from edge_agent.runtime.agent import agent_version
-from edge_agent.runtime.config import TopicsConfig
+from edge_agent.runtime.validation import PayloadError
 from edge_agent.schema import channel_status, machine_status_doc
 
 log = logging.getLogger(__name__)
@@ -30,42 +41,60 @@ def _limits_for(agent, machine: str, channel: str):
         clip_g=c.clip_g if c.clip_g is not None else limits.clip_g)
 
 
-def _channel_allowed(agent, machine: str, channel: str) -> bool:
-    if not agent.config.owns(machine):
-        return False
-    m = agent.config.machine(machine)
-    if m is None:
-        return agent.config.accept_unknown_machines
-    return not m.channels or any(c.name == channel for c in m.channels)
+_TOPICS: dict[int, tuple] = {}  # id(config) -> (config, topics): built once per configuration
 
 
-@functools.lru_cache(maxsize=8)
-def topics_of(config: TopicsConfig):
-    """The topic tree of a ``[topics]`` table."""
-    return Topics(config.prefix, config.site, config.area)
+def topics_of(config) -> Topics:
+    """The topic tree of an agent configuration (``[topics]`` and each machine's ``area``)."""
+    cached = _TOPICS.get(id(config))
+    if cached is None or cached[0] is not config:
+        t = config.topics
+        if len(_TOPICS) > 16:
+            _TOPICS.clear()
+        cached = _TOPICS[id(config)] = (config, Topics(t.prefix, t.site, t.area, areas={
+            m.id: m.area for m in config.machines if m.area}))
+    return cached[1]
 
 
-def ingest_message(agent, topic: str, payload: bytes) -> None:
-    """A message on a raw-frame or feature topic: decode, check, count, queue.
-
-    Runs on paho's network thread: it never raises and never blocks. A refusal
-    is counted per machine, channel and reason (shown in the machine status).
-    """
-    topics = topics_of(agent.config.topics)
+def _refusal(agent, topics: Topics, topic: str):
+    """``(ref, None)`` for a topic the agent takes, else ``(ref or None, reason)``."""
     try:
         ref = topics.parse(topic)
     except TopicError as exc:
-        agent.rejections.rejected_topic(str(exc))
-        return
-    if not agent.config.owns(ref.machine):
+        return None, ("bad_topic", str(exc))
+    if ref.machine is None:
+        return ref, ("bad_topic", "not a machine's topic")
+    if ref.site != topics.site or ref.area != topics.areas.get(ref.machine, topics.area):
+        return ref, ("wrong_area", f"{ref.machine} is addressed as "
+                                   f"{topics.machine_root(ref.machine)}")
+    reason = agent.rejections.admit(ref.machine, ref.channel)
+    return ref, None if reason is None else (reason, "")
+
+
+def ingest_message(agent, topic: str, payload: bytes) -> None:
+    """A message on a raw-frame or feature topic: check the topic, decode, check, count, queue.
+
+    Runs on paho's network thread: it never raises and never blocks. A refusal
+    is counted per machine, channel and reason (shown in the machine status) when
+    the channel has a slot, else for the agent (its status's ``rejected``).
+    """
+    topics = topics_of(agent.config)
+    ref, refusal = _refusal(agent, topics, topic)
+    if ref is not None and ref.machine is not None and not agent.config.owns(ref.machine):
         return  # another worker's machine: it counts it
-    if ref.kind in ("raw", "features") and not _channel_allowed(agent, ref.machine, ref.channel):
-        agent.rejections.rejected(ref.machine, ref.channel, "bad_topic",
-                                  "machine or channel not in the configuration")
+    if refusal is None and ref.kind not in ("raw", "features"):
+        refusal = ("bad_topic", "carries no sensor data")
+    if refusal is not None:
+        agent.rejections.refused(refusal[0], topic, refusal[1])
         return
-    limits = _limits_for(agent, ref.machine, ref.channel) if ref.channel else agent.config.limits
-    item = decode_message(topics, topic, payload, limits=limits, counter=agent.rejections)
-    if item is not None:
+    limits = _limits_for(agent, ref.machine, ref.channel)
+    decode = decode_raw if ref.kind == "raw" else decode_features
+    try:
+        item = decode(payload, ref.machine, ref.channel, limits=limits, source=f"mqtt:{topic}")
+    except PayloadError as exc:
+        agent.rejections.rejected(ref.machine, ref.channel, exc.reason, exc.detail)
+        return
+    if agent.rejections.accepted(ref.machine, ref.channel):
         agent.submit(item)
 
 
@@ -79,7 +108,7 @@ class AgentLink:
     def __init__(self, agent):
         config = agent.config
         self.agent = agent
-        self.topics = topics_of(config.topics)
+        self.topics = topics_of(config)
         self.outbox = Outbox(config.state_dir / "outbox.sqlite",
                              max_messages=config.outbox.max_messages,
                              max_age_s=config.outbox.max_age_days * 86400.0,
@@ -96,33 +125,42 @@ class AgentLink:
         self.publisher.start()
 
     def _on_rebaseline(self, topic: str, payload: bytes) -> None:
-        try:
-            machine = self.topics.parse(topic).machine
-        except TopicError as exc:
-            log.warning("re-baseline command on a bad topic", extra={"event": "bad_command",
-                                                                     "detail": str(exc)})
+        ref, refusal = _refusal(self.agent, self.topics, topic)
+        if refusal is None and not self.agent.known(ref.machine):
+            refusal = ("unknown_command", "re-baseline for a machine this agent does not handle")
+        if ref is not None and ref.machine is not None and not self.agent.config.owns(ref.machine):
             return
-        if not self.agent.known(machine):
-            log.warning("re-baseline for an unknown machine ignored",
-                        extra={"event": "bad_command", "machine": machine})
+        if refusal is not None:
+            self.agent.rejections.refused(refusal[0] if refusal[0] != "unknown_machine"
+                                          else "unknown_command", topic, refusal[1])
             return
-        self.agent.submit(("rebaseline", machine))
+        self.agent.submit(("rebaseline", ref.machine))
 
-    def publish_alert(self, alert: dict) -> None:
-        """Commit ``alert`` to the outbox (durable on return); it is sent from there."""
-        self.publisher.publish_alert(alert)
+    def alert_states(self) -> dict[str, tuple[int, str]]:
+        """Each machine's alert state as its last committed alert left it (for restore)."""
+        return self.outbox.alert_states()
+
+    def publish_alert(self, alert: dict, state=None) -> None:
+        """Commit ``alert`` (and ``state``) to the outbox (durable on return); it is sent
+        from there."""
+        self.publisher.publish_alert(alert, state=state)
 
     def publish_status(self) -> None:
         """Every machine's retained status and the agent's."""
         agent = self.agent
         known = {m for m, _ in agent.channel_view} | {m.id for m in agent.config.machines}
+        limit = self.publisher.status_limit
         for machine in sorted(known):
-            self.publisher.publish_status(self.topics.machine_status(machine),
-                                          machine_status(agent, machine, self.outbox.depth))
-        self.publisher.publish_agent_status(lag_s=agent.lag_s, processing=agent.stats)
+            topic = self.topics.machine_status(machine)
+            self.publisher.publish_status(topic, fitted(
+                machine_status(agent, machine, self.outbox.depth),
+                lambda doc: publish_size(topic, dumps(doc).encode()) <= limit))
+        self.publisher.publish_agent_status(lag_s=agent.lag_s, processing=agent.stats,
+                                            storage=agent.storage_status(),
+                                            rejected=agent.rejections.refused_summary())
 
-    def close(self, drain_s: float = 5.0) -> None:
-        self.publisher.close(drain_s=drain_s)
+    def close(self, drain_s: float = 5.0, error: str | None = None) -> None:
+        self.publisher.close(drain_s=drain_s, error=error)
         self.outbox.close()
 
 
@@ -132,6 +170,23 @@ def connect_agent(agent) -> AgentLink:
     agent.link = link
     link.start()
     return link
+
+
+def fitted(doc: dict, fits) -> dict:
+    """``doc`` with as many of its channels as ``fits(doc)`` allows (the most recently
+    heard first), and ``truncated: {"channels": omitted}`` when some were left out."""
+    if fits(doc):
+        return doc
+    channels = doc["channels"]
+    order = sorted(channels, key=lambda c: channels[c].get("last_window_ts") or "", reverse=True)
+    lo, hi = 0, len(order)
+    while lo < hi:  # the most channels that fit
+        mid = (lo + hi + 1) // 2
+        trial = {**doc, "channels": {c: channels[c] for c in sorted(order[:mid])},
+                 "truncated": {"channels": len(order) - mid}}
+        lo, hi = (mid, hi) if fits(trial) else (lo, mid - 1)
+    return {**doc, "channels": {c: channels[c] for c in sorted(order[:lo])},
+            "truncated": {"channels": len(order) - lo}}
 
 
 def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:

@@ -30,6 +30,21 @@ Every drop is logged (one warning per message, with its id and topic) and
 counted; counters live in the same database, updated in the same transaction
 as the drop, so they survive restarts too. One process at a time: a lock file
 beside the database refuses a second agent on the same outbox.
+
+Alert state
+-----------
+``put(..., state=(machine, raised, json))`` stores the machine's alert-state
+machine after the alert in the ``alert_state`` table, in the same transaction
+as the alert: after a crash the agent resumes the episode from there
+(:meth:`Outbox.alert_states`) instead of raising it again under a new id.
+
+Storage
+-------
+Any failure to write (disk full, file size limit, read-only file system, I/O
+error) raises :class:`~edge_agent.errors.StorageError` after the transaction
+is rolled back: nothing half-written stays, and the caller retries. Files are
+created mode 0600 whatever the umask (SQLite gives the WAL and shared-memory
+files the database's mode).
 """
 
 from __future__ import annotations
@@ -43,7 +58,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.errors import UsageError
+from edge_agent.errors import StorageError, UsageError
+from edge_agent.mqtt.transactions import OutboxLocked, Transaction, lock_file
+
+__all__ = ["DROP_REASONS", "PRIORITY", "Outbox", "OutboxLocked", "OutboxMessage"]
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +85,11 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     retain INTEGER NOT NULL, msg_id TEXT, priority INTEGER NOT NULL, enqueued_s REAL NOT NULL,
     attempts INTEGER NOT NULL, reason TEXT NOT NULL, dead_s REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_state (
+    machine TEXT PRIMARY KEY, raised INTEGER NOT NULL, state TEXT NOT NULL,
+    updated_s REAL NOT NULL);
 """
 _COLUMNS = "seq, topic, payload, qos, retain, msg_id, priority, enqueued_s, attempts"
-
-
-class OutboxLocked(UsageError):
-    """Another process holds the outbox."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +139,13 @@ class Outbox:
         self.max_dead_letters = int(max_dead_letters)
         self._clock = clock
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lockfile = _lock_file(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)  # whatever the umask; SQLite copies it to -wal and -shm
+            self._lockfile = lock_file(self.path)
+        except OSError as exc:
+            raise StorageError(self.path, exc.strerror or str(exc)) from None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=30.0)
@@ -134,20 +156,32 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
             self._db.executescript(_SCHEMA)
             self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except sqlite3.Error as exc:
+            os.close(self._lockfile)
+            raise StorageError(self.path, str(exc)) from None
         except BaseException:
             os.close(self._lockfile)
             raise
 
     # -- writing -------------------------------------------------------------------------------
     def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-            msg_id: str | None = None, priority: int = 0) -> int:
+            msg_id: str | None = None, priority: int = 0,
+            state: tuple[str, int, str] | None = None) -> int:
         """Queue a message durably; returns its sequence number once committed.
 
         A ``msg_id`` already queued is not queued twice (the existing row's
-        sequence number is returned, counted as ``duplicate``).
+        sequence number is returned, counted as ``duplicate``). ``state`` is
+        ``(machine, alerts raised, JSON)``, stored in the same transaction.
         """
         now = self._clock()
         with self._lock, self._transaction():
+            if state is not None:
+                machine, raised, doc = state
+                self._db.execute(
+                    "INSERT INTO alert_state (machine, raised, state, updated_s) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (machine) DO UPDATE SET raised = excluded.raised, "
+                    "state = excluded.state, updated_s = excluded.updated_s",
+                    (machine, int(raised), doc, now))
             if msg_id is not None:
                 row = self._db.execute("SELECT seq FROM outbox WHERE msg_id = ?", (msg_id,)).fetchone()
                 if row is not None:
@@ -242,6 +276,12 @@ class Outbox:
             return self._expire(self._clock())
 
     # -- reading -------------------------------------------------------------------------------
+    def alert_states(self) -> dict[str, tuple[int, str]]:
+        """``{machine: (alerts raised, state JSON)}`` as the last committed alerts left them."""
+        with self._lock:
+            return {m: (raised, doc) for m, raised, doc in
+                    self._db.execute("SELECT machine, raised, state FROM alert_state")}
+
     def pending(self, limit: int = 100, after: int = 0,
                 exclude_topics: Iterable[str] = ()) -> list[OutboxMessage]:
         """Up to ``limit`` queued messages with ``seq > after``, in sequence order,
@@ -295,7 +335,7 @@ class Outbox:
 
     # -- internals (callers hold self._lock) ---------------------------------------------------
     def _transaction(self):
-        return _Transaction(self)
+        return Transaction(self)
 
     def _count(self, name: str, n: int = 1) -> None:
         self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
@@ -327,38 +367,3 @@ class Outbox:
         if len(messages) > _LOG_EACH:
             log.warning("outbox: more messages dropped", extra={
                 "event": "outbox_drop", "reason": reason, "count": len(messages) - _LOG_EACH})
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``; on error, roll back and recount the cached depth."""
-
-    def __init__(self, outbox: Outbox):
-        if outbox._db is None:
-            raise ValueError(f"outbox {outbox.path} is closed")
-        self.outbox = outbox
-
-    def __enter__(self):
-        self.outbox._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, exc, tb):
-        db = self.outbox._db
-        if exc_type is None:
-            db.execute("COMMIT")
-        else:
-            db.execute("ROLLBACK")
-            self.outbox._depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-
-
-def _lock_file(path: Path) -> int:
-    """An exclusive, non-blocking lock on ``<path>.lock`` (released when the process dies)."""
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process guard
-        return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise OutboxLocked(f"outbox {path} is in use by another edge-agent process") from None
-    return fd

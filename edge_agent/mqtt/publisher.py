@@ -9,15 +9,8 @@ paho keeps QoS 1 messages in memory only; it re-sends the unacknowledged ones
 on reconnect (so the window survives an outage in order), and the outbox covers
 a crash. A subscriber may see an alert twice; it drops a repeated ``id``.
 
-Refusals (MQTT 5 PUBACK reason >= 0x80)
----------------------------------------
-*Transient* (0x80 unspecified, 0x83 implementation specific, 0x91 packet id
-in use, 0x97 quota exceeded): the message stays queued and is re-sent after a
-backoff (later messages of its topic wait, other topics go on); after
-``max_refusals`` refusals it is treated as permanent. *Permanent* (0x87 not
-authorized, 0x90 topic invalid, 0x99 payload format invalid, anything else):
-the message moves to the outbox's dead-letter table at once. Both are counted
-by reason and logged; nothing is retried in a loop. On MQTT 3.1.1 the broker
+Refusals, oversized messages and a full disk: see :mod:`edge_agent.mqtt.sender`,
+which owns the in-order outbox side of sending. On MQTT 3.1.1 the broker
 cannot refuse a publish: Mosquitto acknowledges and drops what the ACL denies,
 so prefer MQTT 5.
 
@@ -27,10 +20,18 @@ Status documents
 state, not an event, and only the newest matters. The publisher keeps the
 newest document per topic, has at most one of them in flight per topic (so they
 cannot overtake each other) and publishes the newest again after every
-reconnect. The agent status has a retained Last Will ``offline``
-(``reason: connection_lost``); each connection publishes ``online`` first, then
-subscribes again, then drains the outbox; :meth:`Publisher.close` publishes
-``offline`` (``reason: shutdown``) before disconnecting.
+reconnect. A document larger than ``status_max_bytes`` or than the broker's
+Maximum Packet Size (MQTT 5 CONNACK) is never sent (counted as
+``status_too_large``): the broker would disconnect the agent for it, and alerts
+would wait behind it. Alerts go to paho before statuses at every turn.
+
+The agent status has a retained Last Will ``offline`` (``reason:
+connection_lost``); each connection publishes ``online`` first, then subscribes
+again, then drains the outbox; :meth:`Publisher.close` publishes ``offline``
+(``reason: shutdown``, or ``crashed`` with the error) before disconnecting.
+Disconnects are counted by reason; a *session taken over* (MQTT 5 reason 0x8E:
+another client connected with the agent's client id) is logged as an error and
+counted as ``takeovers``.
 """
 
 from __future__ import annotations
@@ -43,16 +44,20 @@ from collections.abc import Callable, Iterable
 
 from edge_agent import __version__
 from edge_agent.jsonl import dumps
+from edge_agent.logs import RateLimitedLog
 from edge_agent.mqtt.client import QUEUE_FULL, json_properties, make_client, reason_name
-from edge_agent.runtime.config import MqttSettings
 from edge_agent.mqtt.outbox import PRIORITY, Outbox
 from edge_agent.mqtt.retained import RetainedBoard
-from edge_agent.schema import agent_status_doc
+from edge_agent.mqtt.sender import OutboxSender, publish_size
+from edge_agent.mqtt.subscriptions import Subscriptions
 from edge_agent.mqtt.topics import Topics
+from edge_agent.runtime.config import MqttSettings
+from edge_agent.schema import agent_status_doc
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_REFUSALS = frozenset({0x80, 0x83, 0x91, 0x97})
+#: MQTT 5 DISCONNECT reason: another client connected with this client id.
+SESSION_TAKEN_OVER = 0x8E
 
 
 class Publisher:
@@ -78,32 +83,29 @@ class Publisher:
         self._clock = clock
         self.started_s = clock()
         self._events: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()  # counters, statuses, subscriptions
+        self._lock = threading.Lock()  # counters
         self._connected = threading.Event()
         self._stopped = threading.Event()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq (worker thread only)
-        self._retry: dict[int, tuple[float, int]] = {}  # seq -> (not before, refusals)
-        self._barrier: set[int] = set()  # mids paho re-sends after a reconnect
-        self._barrier_until = 0.0
         self._statuses = RetainedBoard()
-        self._subscriptions: dict[str, tuple[Callable[[str, bytes], None], int]] = {}
-        self._live_subscriptions: set[str] = set()  # subscribed on this connection (worker only)
-        self._live_connection = 0  # the connection (count) they belong to
-        self._sub_mids: dict[int, str] = {}
-        self._acked_subscriptions: set[str] = set()  # SUBACKed on this connection
         self._counters = {"sent": 0, "acked": 0, "reconnects": 0, "connects": 0,
                           "dead_lettered": 0, "handler_errors": 0, "retained_ignored": 0,
-                          "refused": {},
-                          "connect_refused": {}}
+                          "takeovers": 0, "status_too_large": 0, "refused": {},
+                          "connect_refused": {}, "disconnects": {}}
         self._last_problem = ("", 0.0)
+        self._limited = RateLimitedLog(log)
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size, from CONNACK
+        self._agent_parts: dict = {}  # the caller's parts of the agent status, kept for resends
         will = self._agent_status("offline", reason="connection_lost", with_ts=False)
         self.status_topic = topics.agent_status(agent_id)
-        self._client = make_client(settings, settings.client_id or f"edge-agent-{agent_id}",
+        self._client_id = settings.client_id or f"edge-agent-{agent_id}"
+        self._client = make_client(settings, self._client_id,
                                    will=(self.status_topic, dumps(will).encode()))
         c = self._client
         c.on_connect, c.on_disconnect, c.on_connect_fail = (self._on_connect, self._on_disconnect,
                                                             self._on_connect_fail)
         c.on_publish, c.on_subscribe = self._on_publish, self._on_subscribe
+        self._sender = OutboxSender(settings, outbox, c, bump=self._bump, refused=self._refused)
+        self._subs = Subscriptions(c, self._bump)
         self._worker = threading.Thread(target=self._run, name="edge-agent-mqtt", daemon=True)
 
     # -- public API ----------------------------------------------------------------------------
@@ -124,11 +126,15 @@ class Publisher:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def publish_alert(self, alert: dict) -> int:
-        """Queue an alert durably (committed on return); returns its outbox sequence number."""
+    def publish_alert(self, alert: dict, state: tuple[str, int, str] | None = None) -> int:
+        """Queue an alert durably (committed on return); returns its outbox sequence number.
+
+        ``state`` (machine, alerts raised, JSON) is committed in the same transaction
+        (see :meth:`~edge_agent.mqtt.outbox.Outbox.put`).
+        """
         seq = self.outbox.put(self.topics.alerts(alert["machine"]), dumps(alert).encode(), qos=1,
                               retain=False, msg_id=alert.get("id"),
-                              priority=PRIORITY.get(alert.get("severity"), 0))
+                              priority=PRIORITY.get(alert.get("severity"), 0), state=state)
         self._events.put(("kick",))
         return seq
 
@@ -140,16 +146,35 @@ class Publisher:
         return seq
 
     def publish_status(self, topic: str, doc: dict) -> None:
-        """Publish ``doc`` retained on ``topic`` (QoS 1), now or as soon as connected."""
-        self._statuses.set(topic, dumps(doc).encode())
+        """Publish ``doc`` retained on ``topic`` (QoS 1), now or as soon as connected.
+
+        A document over :attr:`status_limit` is not sent (counted, logged at most once a
+        minute): the previous one stays retained.
+        """
+        payload = dumps(doc).encode()
+        limit = self.status_limit
+        if publish_size(topic, payload) > limit:
+            self._bump("status_too_large")
+            self._limited.log(logging.ERROR, f"status_too_large {topic}", "status document "
+                              "too large; not published", extra={
+                                  "event": "status_too_large", "topic": topic,
+                                  "bytes": len(payload), "limit": limit})
+            return
+        self._statuses.set(topic, payload)
         self._events.put(("kick",))
 
+    @property
+    def status_limit(self) -> int:
+        """Largest status PUBLISH: ``status_max_bytes``, and below the broker's packet limit."""
+        limit = self.settings.status_max_bytes
+        return min(limit, self.max_packet) if self.max_packet else limit
+
     def publish_agent_status(self, lag_s: float | None = None,
-                             processing: dict | None = None) -> None:
+                             processing: dict | None = None, **parts) -> None:
         """Publish the retained ``online`` agent status with current outbox and MQTT counters
-        (and the caller's processing counters)."""
-        self.publish_status(self.status_topic, self._agent_status("online", lag_s=lag_s,
-                                                                  processing=processing))
+        (and the caller's processing counters and other ``parts``: storage, rejected)."""
+        self._agent_parts = {"lag_s": lag_s, "processing": processing, **parts}
+        self.publish_status(self.status_topic, self._agent_status("online", **self._agent_parts))
 
     def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None],
                   qos: int = 1, *, retained: bool = False) -> None:
@@ -160,32 +185,15 @@ class Publisher:
         as ``retained_ignored``) unless ``retained``: a retained frame is stale, and
         a retained re-baseline command would run again at every reconnect.
         """
-        def on_message(client, userdata, message):
-            if message.retain and not retained:
-                self._bump("retained_ignored")
-                if self.counters()["retained_ignored"] == 1:
-                    log.warning("retained message ignored (ask its publisher not to retain)",
-                                extra={"event": "retained_ignored", "topic": message.topic})
-                return
-            try:
-                handler(message.topic, message.payload)
-            except Exception:  # one bad message must not stop the network thread
-                self._bump("handler_errors")
-                log.exception("MQTT message handler failed", extra={"event": "handler_error",
-                                                                    "topic": message.topic})
-
-        with self._lock:
-            self._subscriptions[topic_filter] = (handler, qos)
-        self._client.message_callback_add(topic_filter, on_message)
+        self._subs.add(topic_filter, handler, qos, retained)
         self._events.put(("subscribe",))  # the worker subscribes: once per connection
 
     def wait_subscribed(self, timeout_s: float) -> bool:
         """Wait until the broker has acknowledged every subscription on this connection."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with self._lock:
-                if self.connected and set(self._subscriptions) <= self._acked_subscriptions:
-                    return True
+            if self.connected and self._subs.all_acked():
+                return True
             time.sleep(0.02)
         return False
 
@@ -204,16 +212,22 @@ class Publisher:
     def _idle(self) -> bool:
         return not self._statuses.busy() and not self.outbox.depth
 
-    def close(self, drain_s: float = 2.0, timeout_s: float = 5.0) -> None:
+    def close(self, drain_s: float = 2.0, timeout_s: float = 5.0, *,
+              error: str | None = None) -> None:
         """Give the outbox ``drain_s`` to empty, publish ``offline`` (retained), disconnect.
 
+        ``offline`` says ``reason: shutdown``, or ``crashed`` with ``error`` when given.
         What is still queued stays in the outbox for the next start.
         """
         if self._stopped.is_set():
             return
         if self.connected:
             self.wait_idle(drain_s)
-            self.publish_status(self.status_topic, self._agent_status("offline", reason="shutdown"))
+            parts = dict(self._agent_parts)
+            if error is not None:
+                parts["error"] = error[:500]
+            self.publish_status(self.status_topic, self._agent_status(
+                "offline", reason="crashed" if error is not None else "shutdown", **parts))
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and self.connected and self._statuses.busy(self.status_topic):
                 time.sleep(0.02)
@@ -233,6 +247,8 @@ class Publisher:
                 refused[name] = refused.get(name, 0) + 1
             self._problem(f"broker refused the connection: {reason_code.getName()}")
             return
+        maximum = getattr(properties, "MaximumPacketSize", None) if properties else None
+        self.max_packet = self._sender.max_packet = int(maximum) if maximum else None
         with self._lock:
             self._counters["connects"] += 1
             self._counters["reconnects"] = self._counters["connects"] - 1
@@ -245,11 +261,25 @@ class Publisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         was = self._connected.is_set()
         self._connected.clear()
+        self._subs.lost()
+        if not was or self._stopped.is_set():
+            return
+        name = reason_name(reason_code)
         with self._lock:
-            self._acked_subscriptions.clear()
-        if was and not self._stopped.is_set():
-            log.warning("MQTT connection lost; reconnecting with backoff",
-                        extra={"event": "mqtt_disconnected", "reason": str(reason_code)})
+            counts = self._counters["disconnects"]
+            if name in counts or len(counts) < 32:  # reason names: a small, fixed set
+                counts[name] = counts.get(name, 0) + 1
+            if reason_code.value == SESSION_TAKEN_OVER:
+                self._counters["takeovers"] += 1
+        if reason_code.value == SESSION_TAKEN_OVER:
+            self._limited.log(logging.ERROR, "takeover", "MQTT session taken over: another "
+                              "client connected with this agent's client id; reconnecting",
+                              extra={"event": "mqtt_session_taken_over",
+                                     "client_id": self._client_id})
+        else:
+            self._limited.log(logging.WARNING, f"disconnect {name}", "MQTT connection lost; "
+                              "reconnecting with backoff",
+                              extra={"event": "mqtt_disconnected", "reason": str(reason_code)})
 
     def _on_connect_fail(self, client, userdata):
         self._problem(f"cannot connect to MQTT broker {self.settings.host}:"
@@ -259,20 +289,13 @@ class Publisher:
         self._events.put(("ack", mid, reason_code.value, reason_name(reason_code)))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
-        with self._lock:
-            topic_filter = self._sub_mids.pop(mid, None)
-            refused = [c.getName() for c in reason_codes if c.is_failure]
-            if topic_filter is not None and not refused:
-                self._acked_subscriptions.add(topic_filter)
-        if refused:
-            log.error("broker refused a subscription", extra={
-                "event": "subscribe_refused", "topic": topic_filter, "reason": refused[0]})
+        self._subs.on_suback(mid, reason_codes)
 
     # -- worker thread: owns the outbox side of sending ----------------------------------------
     def _run(self) -> None:
         next_expiry = time.monotonic() + 60.0
         while True:
-            wait = min([max(t - time.monotonic(), 0.0) for t, _ in self._retry.values()] + [1.0])
+            wait = self._sender.next_wait_s()
             try:
                 events = [self._events.get(timeout=wait)]
                 while len(events) < 1024:  # take what else is waiting: one fsync for many acks
@@ -296,134 +319,65 @@ class Publisher:
                 time.sleep(0.5)
 
     def _on_connected(self) -> None:
-        # paho re-sends the messages that were in flight when the connection dropped, right
-        # after its on_connect; newer rows wait for their PUBACKs so they cannot overtake them.
-        self._barrier = set(self._inflight)
-        self._barrier_until = time.monotonic() + max(self.settings.keepalive_s, 5)
-        self.publish_agent_status()  # online first: it replaces the Last Will
-        self._statuses.resend_all()
-        self._pump_statuses(first=self.status_topic)
+        self._sender.on_connected()
+        self.publish_agent_status(**self._agent_parts)  # online first: it
+        self._statuses.resend_all()                                     # replaces the Last Will
+        self._pump_statuses(only=self.status_topic)
         self._subscribe_new()
 
     def _subscribe_new(self) -> None:
-        with self._lock:  # held across subscribe(): its SUBACK cannot overtake the mid
-            if self._live_connection != self._counters["connects"]:
-                # a new connection with a clean start: the broker forgot every subscription
-                self._live_connection = self._counters["connects"]
-                self._live_subscriptions = set()
-            for topic_filter, (_, qos) in self._subscriptions.items():
-                if self.connected and topic_filter not in self._live_subscriptions:
-                    _, mid = self._client.subscribe(topic_filter, qos)
-                    self._sub_mids[mid] = topic_filter
-                    self._live_subscriptions.add(topic_filter)
+        with self._lock:
+            connection = self._counters["connects"]
+        self._subs.subscribe_new(connection, self.connected)
 
     def _pump(self) -> None:
         if not self.connected:
             return
+        self._sender.pump()  # alerts first: a status never holds one back
         self._pump_statuses()
-        if self._barrier:
-            self._barrier &= self._inflight.keys()
-            if self._barrier and time.monotonic() < self._barrier_until:
-                return
-            if self._barrier:  # never re-sent (should not happen): send those rows again
-                log.warning("in-flight messages not re-sent after reconnect; sending them again",
-                            extra={"event": "mqtt_resend", "count": len(self._barrier)})
-                for mid in self._barrier:
-                    self._inflight.pop(mid, None)
-                self._barrier.clear()
-        room = self.settings.inflight - len(self._inflight)
-        if room <= 0:
-            return
-        sending, blocked, now = set(self._inflight.values()), set(), time.monotonic()
-        handed: list[int] = []
-        after, full = 0, False
-        while len(handed) < room and not full:
-            # Rows in flight or waiting for a retry come first; a waiting row holds back the
-            # rest of its topic (per-topic order), so later pages leave those topics out.
-            rows = self.outbox.pending(limit=len(sending) + len(self._retry) + room, after=after,
-                                       exclude_topics=blocked)
-            if not rows:
-                break
-            for msg in rows:
-                after = msg.seq
-                if msg.seq in sending or msg.topic in blocked:
-                    continue
-                if msg.seq in self._retry and self._retry[msg.seq][0] > now:
-                    blocked.add(msg.topic)
-                    continue
-                info = self._client.publish(msg.topic, msg.payload, msg.qos, msg.retain,
-                                            properties=json_properties(self.settings.protocol))
-                if info.rc == QUEUE_FULL:
-                    full = True
-                    break
-                self._inflight[info.mid] = msg.seq
-                handed.append(msg.seq)
-                if len(handed) >= room:
-                    break
-        if handed:
-            self._bump("sent", len(handed))
-            self.outbox.record_attempts(handed)
 
-    def _pump_statuses(self, first: str | None = None) -> None:
+    def _pump_statuses(self, only: str | None = None) -> None:
         def publish(topic, payload):
             if not self.connected:
                 return None
             info = self._client.publish(topic, payload, 1, True, properties=json_properties(self.settings.protocol))
             return None if info.rc == QUEUE_FULL else info.mid
 
-        self._statuses.pump(publish, first)
+        self._statuses.pump(publish, first=only, only=only is not None)
 
     def _handle_acks(self, acks: list[tuple[int, int, str]]) -> None:
-        delivered = []
+        rows = []
         for mid, code, name in acks:
-            seq = self._handle_ack(mid, code, name)
-            if seq is not None:
-                delivered.append(seq)
-        if delivered:
-            self._bump("acked", len(delivered))  # first: an empty outbox implies the count
-            self.outbox.ack_many(delivered)
-
-    def _handle_ack(self, mid: int, code: int, name: str) -> int | None:
-        """The outbox row a successful PUBACK delivered; refusals are handled here."""
-        topic = self._statuses.acked(mid)
-        if topic is not None:
-            if code >= 0x80:
+            topic = self._statuses.acked(mid)
+            if topic is None:
+                rows.append((mid, code, name))
+            elif code >= 0x80:
                 self._refused(name)
                 log.error("broker refused a status message", extra={
                     "event": "status_refused", "topic": topic, "reason": name})
-            return None
-        seq = self._inflight.pop(mid, None)
-        if seq is None:
-            return None
-        if code < 0x80:
-            self._retry.pop(seq, None)
-            return seq
-        self._refused(name)
-        refusals = self._retry.get(seq, (0.0, 0))[1] + 1
-        if code in TRANSIENT_REFUSALS and refusals < self.settings.max_refusals:
-            delay = min(self.settings.reconnect_min_s * 2 ** refusals, self.settings.reconnect_max_s)
-            self._retry[seq] = (time.monotonic() + delay, refusals)
-            log.warning("broker refused a message; retrying later", extra={
-                "event": "publish_refused", "seq": seq, "reason": name, "retry_in_s": delay})
-        else:
-            self._retry.pop(seq, None)
-            self.outbox.dead_letter(seq, f"{name} (0x{code:02x})")
-            self._bump("dead_lettered")
-        return None
+        self._sender.handle_acks(rows)
 
     # -- helpers -------------------------------------------------------------------------------
     def _agent_status(self, status: str, *, reason: str | None = None, with_ts: bool = True,
-                      lag_s: float | None = None, processing: dict | None = None) -> dict:
+                      **parts) -> dict:
         counters = self.counters() if with_ts else None
         mqtt = None if counters is None else {
             "protocol": self.settings.protocol, "connected": self.connected,
+            "max_packet_bytes": self.max_packet,
             **{k: counters[k] for k in ("reconnects", "sent", "acked", "refused",
-                                            "retained_ignored")}}
+                                            "retained_ignored", "disconnects", "takeovers",
+                                            "status_too_large")}}
         return agent_status_doc(self.agent_id, status, __version__, reason=reason,
                                 ts_s=self._clock() if with_ts else None, started_s=self.started_s,
                                 machines=self.machines,
-                                outbox=self.outbox.status() if with_ts else None, mqtt=mqtt,
-                                lag_s=lag_s, processing=processing)
+                                outbox=self._outbox_status() if with_ts else None, mqtt=mqtt,
+                                **parts)
+
+    def _outbox_status(self) -> dict:
+        try:
+            return self.outbox.status()
+        except Exception:  # a damaged or unreadable database must not stop the status
+            return {"depth": self.outbox.depth, "oldest_age_s": None, "dropped": {}}
 
     def _bump(self, name: str, n: int = 1) -> None:
         with self._lock:

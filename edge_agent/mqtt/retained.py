@@ -41,11 +41,14 @@ class RetainedBoard:
             for doc in self._docs.values():
                 doc.dirty = True
 
-    def pump(self, publish: Callable[[str, bytes], int | None], first: str | None = None) -> None:
+    def pump(self, publish: Callable[[str, bytes], int | None], first: str | None = None,
+             only: bool = False) -> None:
         """Hand every dirty document without one in flight to ``publish`` (which returns
-        the message id, or ``None`` when paho's queue is full), ``first`` before the others."""
+        the message id, or ``None`` when paho's queue is full), ``first`` before the others
+        (``only``: ``first`` alone)."""
         with self._lock:
-            for topic in sorted(self._docs, key=lambda t: t != first):
+            topics = [first] if only else sorted(self._docs, key=lambda t: t != first)
+            for topic in (t for t in topics if t in self._docs):
                 doc = self._docs[topic]
                 if not doc.dirty or doc.mid is not None:
                     continue  # one in flight per topic: a newer one follows its PUBACK

@@ -6,6 +6,17 @@ on the processing thread. Each unit of work (a block of frames) is windowed,
 then featurized in batches of up to ``FEATURE_BATCH`` windows, each batch scored
 and its alerts committed to the durable outbox before the next; checkpoints are
 taken between units, so a restart resumes from one consistent moment.
+
+An alert's commit is a precondition of everything after it. When the outbox
+cannot write (disk full, file size limit, read-only, I/O error) the processing
+thread holds the alert and retries with backoff until it is committed: a
+replay pauses, live frames wait in the inbox (up to ``queue_frames``, then the
+oldest are dropped and counted), no checkpoint is written (it would record
+alert state ahead of the outbox), and the agent status and a rate-limited log
+line say ``storage_full`` with the path and the free bytes. A stop while an
+alert waits ends without a checkpoint, so the restart raises it again under
+the same id. Each alert carries its machine's alert state into the outbox in
+the same transaction; a restart resumes the episode from there.
 """
 
 from __future__ import annotations
@@ -18,21 +29,27 @@ from collections import deque
 from dataclasses import replace
 
 from edge_agent import __version__
-from edge_agent.runtime.config import AgentConfig, MachineConfig
+from edge_agent.errors import StorageError
 from edge_agent.frame import FeatureRecord, Frame
+from edge_agent.logs import RateLimitedLog
+from edge_agent.runtime.config import AgentConfig, MachineConfig
+from edge_agent.runtime.durable import AlertUncommitted, Durable
 from edge_agent.runtime.pipeline import Pipeline
+from edge_agent.runtime.state import StateStore, checkpoint_key_path, load_key
+from edge_agent.runtime.windowing import FEATURE_BATCH, Windower, featurize, time_order
 from edge_agent.signal.bearing import parse_bearing
 from edge_agent.signal.features import FeatureSpec
-from edge_agent.runtime.state import StateStore
-from edge_agent.runtime.windowing import FEATURE_BATCH, Windower, featurize, time_order
 
 log = logging.getLogger(__name__)
 
+
 #: The CPU budget of model updates is measured over about this long.
 BUDGET_WINDOW_S = 30.0
+#: A checkpoint that failed for lack of storage is tried again after this long.
+CHECKPOINT_RETRY_S = 5.0
 
 
-class Agent:
+class Agent(Durable):
     """Everything one gateway process runs (see the module docstring).
 
     Parameters
@@ -55,12 +72,24 @@ class Agent:
         self._skipped_channels: set[tuple[str, str]] = set()
         self.last_alert: dict[str, dict] = {}
         self.recent_alerts: deque[dict] = deque(maxlen=1000)
-        self.rejections = RejectionCounter()
-        self.store = StateStore(config.state_dir)
+        r = config.resources
+        self.rejections = RejectionCounter(
+            configured={m.id: tuple(c.name for c in m.channels) for m in config.machines},
+            accept_unknown=config.accept_unknown_machines,
+            max_channels_per_machine=r.max_channels_per_machine,
+            max_unknown_machines=r.max_unknown_machines)
+        self.store = StateStore(config.state_dir,
+                                load_key(checkpoint_key_path(config), config.state_dir))
         self.replay_position = 0
+        self.alerts_raised: dict[str, int] = {}  # per machine; decides checkpoint vs outbox state
+        self.storage: StorageError | None = None  # the write that fails now, if any
+        self._storage_log = RateLimitedLog(log)
+        self._stop = threading.Event()
+        self._checkpoint_due = False  # a baseline was fitted: keep it at once
+        self.fitted: set[tuple[str, str, str]] = set()  # (machine, channel, regime) monitored
         self.stats = {"frames": 0, "windows": 0, "alerts": 0, "dropped_frames": 0,
                       "deferred_updates": 0, "checkpoints": 0, "processing_errors": 0,
-                      "skipped_items": 0}
+                      "skipped_items": 0, "dropped_at_stop": 0, "storage_retries": 0}
         self.lag_s: float | None = None
         self._inbox: deque = deque()
         self._inbox_lock = threading.Lock()
@@ -78,11 +107,11 @@ class Agent:
             id=machine, learning=self.config.learning, alerts=self.config.alerts)
 
     def known(self, machine: str) -> bool:
-        """Whether this process handles ``machine``: its worker's, and configured, accepted
-        (``accept_unknown_machines``) or already fed (e.g. by a recording of ``[replay]``).
+        """Whether this process handles ``machine``: its worker's, and configured or already
+        fed (by accepted frames, or a recording of ``[replay]``).
         Called from the MQTT thread: membership tests only, no iteration."""
         return self.config.owns(machine) and (
-            self.config.machine(machine) is not None or self.config.accept_unknown_machines
+            self.config.machine(machine) is not None
             or machine in self.pipeline.alerters or machine in self.windowers)
 
     def channel_configured(self, machine: str, channel: str) -> bool:
@@ -116,49 +145,6 @@ class Agent:
     # -- state ------------------------------------------------------------------------------------
     def machines(self) -> list[str]:
         return sorted({m for m, _ in self.pipeline.detectors} | set(self.pipeline.alerters))
-
-    def _machine_state(self, machine: str) -> dict:
-        p = self.pipeline
-        return {"detectors": {c: d for (m, c), d in p.detectors.items() if m == machine},
-                "alerter": p.alerters.get(machine), "windower": self.windowers.get(machine),
-                "indices": {c: i for (m, c), i in self.indices.items() if m == machine},
-                "last_start_s": {c: t for (m, c), t in p.last_start_s.items() if m == machine},
-                "last_alert": self.last_alert.get(machine)}
-
-    def checkpoint(self) -> int:
-        generation = self.store.save({m: self._machine_state(m) for m in self.machines()},
-                                     {"replay_position": self.replay_position,
-                                      "stats": self.stats})
-        self.stats["checkpoints"] += 1
-        log.info("checkpoint written", extra={"event": "checkpoint", "generation": generation,
-                                              "machines": len(self.machines())})
-        return generation
-
-    def restore(self) -> None:
-        machines, agent_state = self.store.load()
-        for machine, state in machines.items():
-            for channel, detector in state["detectors"].items():
-                self.pipeline.detectors[(machine, channel)] = detector
-            if state.get("alerter") is not None:
-                self.pipeline.alerters[machine] = state["alerter"]
-            if state.get("windower") is not None:
-                self.windowers[machine] = state["windower"]
-            for channel, index in state.get("indices", {}).items():
-                self.indices[(machine, channel)] = index
-            for channel, t in state.get("last_start_s", {}).items():
-                self.pipeline.last_start_s[(machine, channel)] = t
-            if state.get("last_alert"):
-                self.last_alert[machine] = state["last_alert"]
-        self.replay_position = int(agent_state.get("replay_position", 0))
-        self.stats.update({k: v for k, v in agent_state.get("stats", {}).items() if k in self.stats})
-        if machines or self.store.quarantined:
-            learned = sorted(f"{m}/{c}/{regime}" for (m, c), d in self.pipeline.detectors.items()
-                             for regime, model in d.models.items() if model.fitted)
-            log.info("state restored", extra={"event": "restore", "machines": sorted(machines),
-                                              "baselines": learned,
-                                              "generation": self.store.generation,
-                                              "quarantined": self.store.quarantined,
-                                              "replay_position": self.replay_position})
 
     # -- input (any thread) ---------------------------------------------------------------------
     def submit(self, item) -> None:
@@ -226,9 +212,9 @@ class Agent:
                         check_frame(item, self.config.limits)
                     except PayloadError as exc:
                         self.rejections.rejected(item.machine, item.channel, exc.reason,
-                                                 exc.detail)
+                                                 exc.detail, trusted=True)
                         continue
-                    self.rejections.accepted(item.machine, item.channel)
+                    self.rejections.accepted(item.machine, item.channel, trusted=True)
                 self.stats["frames"] += 1
                 if item.rpm is None and self.machine_config(item.machine).rpm is not None:
                     item = replace(item, rpm=self.machine_config(item.machine).rpm)
@@ -260,7 +246,7 @@ class Agent:
             verdict, alert = self.pipeline.process(rec, index, may_train=train)
             if verdict["state"] == "rejected":  # counted as the channel's sensor health
                 self.rejections.rejected(rec.machine, rec.channel, verdict["reason"],
-                                         verdict["detail"])
+                                         verdict["detail"], trusted=True)
                 continue
             if train:
                 self._recent_training_s(time.perf_counter() - t)
@@ -268,19 +254,21 @@ class Agent:
             self.stats["deferred_updates"] += (not train and verdict["learned"]
                                                and verdict["phase"] == "monitoring")
             self.stats["windows"] += 1
-            if self.channel_view.get(key, {}).get("phase") == "baselining" \
-                    and verdict["phase"] == "monitoring":
+            fitted = (rec.machine, rec.channel, verdict.get("regime") or "any")
+            if verdict["phase"] == "monitoring" and fitted not in self.fitted:
+                self.fitted.add(fitted)  # known from the checkpoint, or learned just now
                 log.info("baseline learned", extra={
                     "event": "baseline_learned", "machine": rec.machine, "channel": rec.channel,
                     "regime": verdict.get("regime"), "windows": index})
+                self._checkpoint_due = True
             self.channel_view[key] = {**verdict, "start_s": rec.start_s}
             if alert is not None:
                 alerts.append(alert)
                 self.stats["alerts"] += 1
                 self.last_alert[rec.machine] = alert
                 self.recent_alerts.append(alert)
-                if self.link is not None:
-                    self.link.publish_alert(alert)  # durable before the next window
+                self.alerts_raised[rec.machine] = self.alerts_raised.get(rec.machine, 0) + 1
+                self._commit(alert, live)  # durable before the next window, or nothing goes on
                 log.warning(alert["summary"], extra={"event": "alert", "alert_id": alert["id"],
                                                      "machine": alert["machine"],
                                                      "severity": alert["severity"]})
@@ -289,6 +277,7 @@ class Agent:
     def rebaseline(self, machine: str) -> None:
         channels = self.pipeline.rebaseline(machine)
         self.windowers.pop(machine, None)
+        self.fitted = {f for f in self.fitted if f[0] != machine}
         log.warning("re-baseline ordered", extra={"event": "rebaseline", "machine": machine,
                                                   "channels": channels})
 
@@ -298,33 +287,53 @@ class Agent:
         resources, every_s = self.config.resources, self.config.checkpoint_every_s
         last_checkpoint = last_status = time.monotonic()
         blocks = source.blocks() if source is not None else iter(())
-        while not stop.is_set():
-            items = self._drain()
-            if items:
-                self._process_safely(items, live=True)
-            block = next(blocks, None) if source is not None and not source.exhausted else None
-            if block is not None:
-                self._process_safely(block, live=False)
-                self.replay_position = source.position
-            if not items and block is None:
-                if exit_when_done and (source is None or source.exhausted):
-                    break
-                self._wake.wait(0.2)
-                self._wake.clear()
-            now = time.monotonic()
-            if now - last_checkpoint >= every_s:
-                self.checkpoint()
-                last_checkpoint = now
-            if now - last_status >= resources.status_every_s:
-                self._publish_status()
-                last_status = now
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                items = self._drain()
+                if items:
+                    self._process_safely(items, live=True)
+                block = next(blocks, None) if source is not None and not source.exhausted else None
+                if block is not None:
+                    self._process_safely(block, live=False)
+                    self.replay_position = source.position
+                if not items and block is None:
+                    if exit_when_done and (source is None or source.exhausted):
+                        break
+                    self._wake.wait(0.2)
+                    self._wake.clear()
+                now = time.monotonic()
+                due = self._checkpoint_due and (self.storage is None or
+                                                now - last_checkpoint >= CHECKPOINT_RETRY_S)
+                if now - last_checkpoint >= every_s or due:
+                    self.checkpoint()  # on failure: storage_full, retried after a pause
+                    last_checkpoint = now
+                if now - last_status >= resources.status_every_s:
+                    self._publish_status()
+                    last_status = now
+        except AlertUncommitted as exc:
+            log.error("stopping with an alert not yet committed: no checkpoint, the restart "
+                      "raises it again", extra={"event": "stop_uncommitted", "alert_id": str(exc)})
+            self._count_dropped_at_stop()
+            self._publish_status()
+            return
+        self._count_dropped_at_stop()
         self.checkpoint()
         self._publish_status()
+
+    def _count_dropped_at_stop(self) -> None:
+        dropped = len(self._drain())
+        if dropped:
+            self.stats["dropped_at_stop"] += dropped
+            log.warning("queued live frames dropped at stop", extra={
+                "event": "dropped_at_stop", "frames": dropped})
 
     def _process_safely(self, items, live: bool) -> None:
         """:meth:`process`, but a failure is logged and counted, never the end of the agent."""
         try:
             self.process(items, live=live)
+        except AlertUncommitted:
+            raise
         except Exception:
             self.stats["processing_errors"] += 1
             log.exception("processing failed; the block is skipped", extra={
@@ -334,9 +343,9 @@ class Agent:
         if self.link is not None:
             self.link.publish_status()
 
-    def close(self, drain_s: float = 5.0) -> None:
+    def close(self, drain_s: float = 5.0, error: str | None = None) -> None:
         if self.link is not None:
-            self.link.close(drain_s=drain_s)
+            self.link.close(drain_s=drain_s, error=error)
 
 
 def agent_version(agent: Agent, machine: str) -> str | None:

@@ -32,6 +32,7 @@ from edge_agent.models.detector import DetectorConfig
 NAME = re.compile(r"[a-z0-9_.-]+\Z")
 ENV_SECRETS = {"EDGE_AGENT_MQTT_HOST": "host", "EDGE_AGENT_MQTT_USERNAME": "username",
                "EDGE_AGENT_MQTT_PASSWORD": "password", "EDGE_AGENT_MQTT_PASSWORD_FILE": "password_file"}
+KEY_ENV = "EDGE_AGENT_CHECKPOINT_KEY_FILE"  # overrides [agent] checkpoint_key_file
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ class MqttSettings:
     still verified) and is logged as a warning. ``password_file`` is read when
     the client is created (first line; the newline is not part of the password).
     ``inflight`` bounds unacknowledged outbox messages; reconnects back off
-    exponentially from ``reconnect_min_s`` to ``reconnect_max_s``.
+    exponentially from ``reconnect_min_s`` to ``reconnect_max_s``. A status
+    document is never larger than ``status_max_bytes`` (nor than the broker's
+    Maximum Packet Size).
     """
 
     host: str = "localhost"
@@ -61,9 +64,10 @@ class MqttSettings:
     tls_key: str | None = None
     tls_insecure: bool = False
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
+    reconnect_max_s: float = 10.0
     inflight: int = 16
     max_refusals: int = 5
+    status_max_bytes: int = 65536
 
     def __post_init__(self):
         if self.protocol not in ("5", "3.1.1"):
@@ -76,6 +80,8 @@ class MqttSettings:
             raise UsageError("inflight, max_refusals and keepalive_s must be at least 1")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
             raise UsageError("need 0 < reconnect_min_s <= reconnect_max_s")
+        if self.status_max_bytes < 4096:
+            raise UsageError("status_max_bytes must be at least 4096")
 
     @property
     def use_tls(self) -> bool:
@@ -151,6 +157,10 @@ class ResourcesConfig:
     max_lag_s: float = 60.0  # behind real time by more than this: updates are deferred
     status_every_s: float = 30.0
     workers: int = 1  # processes sharing the machines (one per core); see edge_agent.service
+    # Names that arrive from the network are bounded: channels a machine without a channel
+    # list may learn, and machines learned with accept_unknown_machines.
+    max_channels_per_machine: int = 64
+    max_unknown_machines: int = 256
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,7 @@ class AgentConfig:
     id: str
     state_dir: Path
     checkpoint_every_s: float = 300.0
+    checkpoint_key_file: Path | None = None  # HMAC key of checkpoints; see runtime/state.py
     log_level: str = "info"
     accept_unknown_machines: bool = False
     mqtt: MqttSettings = MqttSettings()
@@ -284,6 +295,8 @@ def parse_config(text: str, source: Path | None = None, environ=os.environ) -> A
                                   (f"; did you mean [{close[0]}]?" if close else
                                    f"; known: {', '.join(sorted(known))}"))
         agent = dict(doc.get("agent", {}))
+        if environ.get(KEY_ENV):
+            agent["checkpoint_key_file"] = environ[KEY_ENV]
         if "id" not in agent or "state_dir" not in agent:
             raise ConfigError("[agent]: 'id' and 'state_dir' are required (who the agent is on "
                               "the bus, and the writable directory for its state and outbox)")
@@ -320,6 +333,9 @@ def parse_config(text: str, source: Path | None = None, environ=os.environ) -> A
                               "MQTT topic level)")
         if config.resources.workers < 1:
             raise ConfigError("resources.workers: at least 1 (one process per core to use)")
+        if min(config.resources.max_channels_per_machine, config.resources.max_unknown_machines) < 1:
+            raise ConfigError("resources.max_channels_per_machine and max_unknown_machines: "
+                              "at least 1")
         if config.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("agent.log_level: use debug, info, warning or error")
         for name in ("prefix", "site", "area"):
@@ -346,6 +362,9 @@ def load_config(path, environ=os.environ) -> AgentConfig:
     # Relative paths are relative to the file, not to where one stands.
     if not config.state_dir.is_absolute():
         config = dataclasses.replace(config, state_dir=(path.parent / config.state_dir).resolve())
+    key = config.checkpoint_key_file
+    if key is not None and not key.is_absolute():
+        config = dataclasses.replace(config, checkpoint_key_file=(path.parent / key).resolve())
     if config.replay is not None:
         paths = tuple(str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
                       for p in config.replay.paths)

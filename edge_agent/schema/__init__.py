@@ -47,8 +47,13 @@ def agent_status_doc(agent: str, status: str, version: str, *, reason: str | Non
                      ts_s: float | None = None, started_s: float | None = None,
                      machines: Iterable[str] | None = None, outbox: Mapping | None = None,
                      mqtt: Mapping | None = None, lag_s: float | None = None,
-                     processing: Mapping | None = None) -> dict:
+                     processing: Mapping | None = None, storage: Mapping | None = None,
+                     rejected: Mapping | None = None, error: str | None = None) -> dict:
     """An ``edge-agent/agent-status/1`` document; optional parts are left out when ``None``.
+
+    ``storage`` is ``{state, path, free_bytes, error}``, ``rejected`` the messages
+    refused before they reached a machine (``{reason: {count, examples}}``),
+    ``error`` what made a crashed agent stop.
 
     >>> agent_status_doc("gw-1", "offline", "0.1.0", reason="connection_lost")["status"]
     'offline'
@@ -74,6 +79,12 @@ def agent_status_doc(agent: str, status: str, version: str, *, reason: str | Non
         doc["lag_s"] = lag_s
     if processing is not None:
         doc["processing"] = {k: int(v) for k, v in processing.items()}
+    if storage is not None:
+        doc["storage"] = dict(storage)
+    if rejected is not None:
+        doc["rejected"] = {k: dict(v) for k, v in rejected.items()}
+    if error is not None:
+        doc["error"] = error
     return doc
 
 
