@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from edge_agent.runtime.alerts import AlertPolicy
 from edge_agent.jsonl import dumps
 from edge_agent.models.detector import DetectorConfig
+from edge_agent.models.collection import coverage_text
 from edge_agent.runtime.pipeline import Pipeline
 
 
@@ -18,6 +19,7 @@ class ReplaySummary:
     windows: Counter = field(default_factory=Counter)  # per machine
     states: dict = field(default_factory=dict)  # machine -> Counter of verdict states
     alerts: list = field(default_factory=list)
+    baselines: dict = field(default_factory=dict)  # machine -> channel -> regime -> coverage
 
     def add(self, verdict: dict, alert: dict | None) -> None:
         machine = verdict["machine"]
@@ -35,13 +37,17 @@ class ReplaySummary:
             tail = f"; first {first['severity']} at {first['ts']}" if first else ""
             out.append(f"{machine}: {self.windows[machine]} windows ({states}); "
                        f"{len(alerts)} alerts{tail}")
+            out += [f"  baseline {channel}{'' if regime == 'any' else ' ' + regime}: "
+                    f"{coverage_text(c)}" for channel, regimes in
+                    sorted(self.baselines.get(machine, {}).items())
+                    for regime, c in regimes.items()]
         return out
 
 
 def detector_config(args) -> DetectorConfig:
     config = DetectorConfig()
-    if getattr(args, "baseline_windows", None):
-        config = replace(config, baseline_windows=args.baseline_windows,
+    if getattr(args, "baseline_windows", None):  # the count given, whatever the cadence
+        config = replace(config, baseline_windows=args.baseline_windows, baseline_running_s=0.0,
                          min_baseline_windows=min(config.min_baseline_windows,
                                                   args.baseline_windows))
     if getattr(args, "baseline_s", None):
@@ -61,6 +67,7 @@ def run_replay(options, pipeline: Pipeline, on_verdict=None, on_alert=None) -> R
             on_verdict(verdict)
         if alert is not None and on_alert:
             on_alert(alert)
+    summary.baselines = {m: pipeline.baseline_coverage(m) for m in summary.windows}
     return summary
 
 

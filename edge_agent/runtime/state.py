@@ -40,7 +40,7 @@ from edge_agent import __version__
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: evidence, episodes and baseline coverage in the learned state
 MAGIC = b"edge-agent-checkpoint"
 
 
