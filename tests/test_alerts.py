@@ -70,6 +70,34 @@ def test_a_score_at_alarm_level_without_evidence_is_a_warning_that_escalates_whe
     assert alarm["summary"].startswith("m ALARM on x: sustained RMS 0.23 g, 2.3× baseline")
 
 
+def test_persistent_evidence_is_an_alarm_even_when_the_combined_score_stays_low():
+    """One indicator at 2.3x its baseline, 17 spreads out, is a clear anomaly by itself: the
+    alarm does not wait for the learners, which average it with the unchanged others."""
+    alerts, _, docs = feed([0.5] * 8, [HEALTHY] * 3 + [DOUBLED] * 5)
+    assert alerts == [(5, "alarm")] and docs[0]["evidence"][0]["feature"] == "sustained_rms_g"
+
+
+def test_a_due_warning_waits_for_evidence_that_is_building_up():
+    # anomalous from window 0, the evidence from window 1: one alert, the alarm at 3
+    alerts, _, _ = feed([9.0] * 6, [HEALTHY] + [DOUBLED] * 5)
+    assert alerts == [(3, "alarm")]
+    # evidence that does not persist: the warning waits at most persistence_k - 1 windows
+    alerts, _, _ = feed([9.0] * 8, [HEALTHY, HEALTHY, DOUBLED, HEALTHY, DOUBLED, HEALTHY,
+                                    HEALTHY, HEALTHY])
+    assert alerts == [(3, "warning")]
+
+
+def test_knocks_in_every_window_are_no_evidence_when_the_sustained_statistics_are_calm():
+    knock = {"kurtosis": 60.0, "sustained_kurtosis": 3.1, "crest_factor": 15.0,
+             "sustained_crest_factor": 3.2, "sustained_rms_g": 0.1}
+    reference = {"kurtosis": 3.0, "sustained_kurtosis": 3.0, "crest_factor": 3.5,
+                 "sustained_crest_factor": 3.2, "sustained_rms_g": 0.1}
+    spread = {k: 0.03 for k in reference}
+    names = evidence_names(knock)
+    assert names == ["sustained_crest_factor", "sustained_kurtosis", "sustained_rms_g"]
+    assert window_evidence(knock, names, reference, spread, AlertPolicy()) == []
+
+
 def test_evidence_must_persist_k_of_n_windows():
     scores = [9.0] * 12
     features = [HEALTHY] * 5 + [DOUBLED, HEALTHY, HEALTHY, DOUBLED, HEALTHY, HEALTHY, DOUBLED]

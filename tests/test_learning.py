@@ -324,3 +324,18 @@ def test_evidence_spread_covers_what_the_baseline_does_now_and_then():
     assert medians["kurtosis"] == pytest.approx(3.02)
     assert np.log10(40.0 / 3.02) / spread["kurtosis"] < 3.0
     assert np.log10(2.0) / spread["band_100_200hz_rms_g"] > 10
+
+
+def test_the_threshold_never_goes_below_what_healthy_windows_exceed_too_often(femto_horizontal):
+    """Calibrated surprises of n voters, however dependent, exceed -log10(risk) - log10(n)
+    more often than ``risk``: whatever its 120 baseline windows suggest, and whatever the
+    seed of its learners, the threshold stays above that."""
+    import math
+
+    for seed in (1, 42):
+        detector = ChannelDetector(DetectorConfig(seed=seed))
+        thresholds = [v.threshold for v in (detector.process(r.features, rpm=r.rpm, t_s=r.start_s)
+                                            for r in femto_horizontal[:400]) if v.threshold]
+        model = detector.models["1800rpm"]
+        null = 3.0 - math.log10(len(model.voting))
+        assert len(model.voting) == 4 and min(thresholds) >= null - 1e-9

@@ -175,7 +175,11 @@ class RegimeModel:
                        and (n != "trend" or len(X) >= c.trend_min_windows)]
         combined = [combine({n: self.calibrators[n].surprise(raw[n][i]) for n in self.voting
                              if np.isfinite(raw[n][i])}) for i in range(len(X))]
-        self.threshold = AdaptiveThreshold(risk=c.risk, floor=c.threshold_floor,
+        # However the scorers depend on each other, a combined score below
+        # -log10(risk) - log10(voters) is exceeded by healthy windows more often than
+        # ``risk``: the threshold never goes below it, whatever 120 windows suggest.
+        null_floor = -math.log10(c.risk) - math.log10(len(self.voting))
+        self.threshold = AdaptiveThreshold(risk=c.risk, floor=max(c.threshold_floor, null_floor),
                                            max_growth=c.threshold_max_growth,
                                            alarm_factor=c.alarm_factor)
         self.threshold.fit(combined)

@@ -5,16 +5,19 @@ Per channel, over its last ``persistence_n`` monitored windows:
 * **WARNING** when ``persistence_k`` of them are anomalous: the learners see a
   statistically clear, persistent change (and some health indicator moved by
   at least ``min_change_ratio``). Early, and not yet an order to act.
-* **ALARM** when, on top of that, some piece of evidence
-  (:mod:`edge_agent.runtime.evidence`: a health indicator at ``alarm_ratio`` ×
-  its baseline and ``alarm_z`` spreads above it, ISO zone ``alarm_zone`` or
-  worse, a bearing defect line at ``fault_line_ratio`` ×) was there in
-  ``persistence_k`` of them. A score at the alarm level (``severe``) without
-  evidence stays a WARNING, which says so; when the evidence arrives the episode
-  escalates.
+* **ALARM** when some piece of evidence (:mod:`edge_agent.runtime.evidence`: a
+  health indicator at ``alarm_ratio`` × its baseline and ``alarm_z`` spreads
+  above it, ISO zone ``alarm_zone`` or worse, a bearing defect line at
+  ``fault_line_ratio`` ×) was there in ``persistence_k`` of them. Evidence that
+  persists is itself a clear anomaly, so the alarm does not wait for the
+  learners' combined score (which weighs one indicator's rise against the
+  others'). A score at the alarm level (``severe``) without evidence stays a
+  WARNING, which says so; when the evidence arrives the episode escalates. A
+  warning that falls due while evidence is building up waits for it (at most
+  ``persistence_k - 1`` windows), so that one change pages once.
 
 It steps down from ALARM to WARNING after ``clear_windows`` windows in a row
-without an anomalous, evidenced one, and from WARNING to NORMAL after
+without persistent evidence, and from WARNING to NORMAL after
 ``clear_windows`` calm windows in a row: below ``clear_ratio`` × threshold, no
 health indicator still changed by ``min_change_ratio``, no persistent evidence
 (hysteresis: a score hovering at the threshold does not flap, and a machine that
@@ -88,8 +91,9 @@ class ChannelAlertState:
         #: [anomalous, severe, evidence keys] of the last ``persistence_n`` monitored windows
         self.recent: list[list] = []
         self.calm = 0  # consecutive calm windows (see the module docstring)
-        self.mild = 0  # consecutive windows that are not anomalous with persistent evidence
+        self.mild = 0  # consecutive windows without persistent evidence
         self.evidence: dict[str, dict] = {}  # key -> latest entry of evidence still in `recent`
+        self.waited = 0  # windows a due warning waited for evidence that was building up
         self.names: list[str] | None = None  # this channel's evidence features
         self.view: dict | None = None  # its latest window in words, while it is not normal
 
@@ -106,10 +110,13 @@ class ChannelAlertState:
         calm = (verdict.score < p.clear_ratio * verdict.threshold and not persistent
                 and verdict.magnitude < verdict.min_change_ratio)
         self.calm = self.calm + 1 if calm else 0
-        self.mild = 0 if verdict.anomalous and persistent else self.mild + 1
-        if sum(a for a, _, _ in self.recent) >= p.persistence_k and persistent:
+        self.mild = 0 if persistent else self.mild + 1
+        due = sum(a for a, _, _ in self.recent) >= p.persistence_k and self.state == "normal"
+        waiting = due and bool(evidence) and self.waited < p.persistence_k - 1
+        self.waited = self.waited + 1 if waiting else 0
+        if persistent:
             self.state = "alarm"
-        elif sum(a for a, _, _ in self.recent) >= p.persistence_k and self.state == "normal":
+        elif due and not waiting:
             self.state = "warning"
         elif self.state == "alarm" and self.mild >= p.clear_windows:
             self.state = "warning"

@@ -4,9 +4,10 @@ The learners say a channel is *different* from its healthy self; evidence says
 the difference is large enough to act on, in the terms of condition-monitoring
 practice (a relative alarm at +6 dB, i.e. twice the machine's own baseline):
 
-* a **health indicator** (RMS, velocity RMS, a band level, the envelope's level
-  or RMS, kurtosis, crest factor) at ``alarm_ratio`` times its baseline median
-  or more (twice, in amplitude terms; four times for an energy) *and*
+* a **health indicator** (RMS, velocity RMS, a band level, the envelope level,
+  kurtosis, crest factor; in their shock-robust, sustained form when the features
+  have it) at ``alarm_ratio`` times its baseline median or more (twice, in
+  amplitude terms; four times for an energy) *and*
   ``alarm_z`` or more of the baseline's own robust standard deviations above
   it, so that a noisy band that doubles now and then while healthy is no
   evidence;
@@ -32,9 +33,12 @@ from edge_agent.signal.features import feature_label, feature_unit
 
 #: Health indicators judged as evidence by default: levels that damage raises, in
 #: edge-agent's names and the band energies of feature streams (IMS tables).
+#: A statistic of the whole window (``rms_g``, ``kurtosis``, ``crest_factor``) counts only
+#: when its shock-robust form (``sustained_*``, the median over sub-blocks) is not there:
+#: a knock in each of three windows is not damage, and evidence stands on its own.
 EVIDENCE_FEATURES = ("sustained_rms_g", "rms_g", "velocity_rms_mm_s", "band_*_rms_g",
-                     "env_mean_g", "env_rms_g", "sustained_kurtosis", "kurtosis",
-                     "sustained_crest_factor", "crest_factor", "*_energy_g2_hz", "env_*_energy")
+                     "env_mean_g", "sustained_kurtosis", "kurtosis", "sustained_crest_factor",
+                     "crest_factor", "*_energy_g2_hz", "env_*_energy")
 ZONES = ("A", "B", "C", "D")
 
 
@@ -47,11 +51,18 @@ def fmt(value: float) -> str:
 def evidence_names(names, patterns=None) -> list[str]:
     """The features of a channel judged as evidence (``patterns``: names or globs).
 
+    By default a whole-window statistic gives way to its sustained form:
+
     >>> evidence_names(["rms_g", "sustained_rms_g", "skewness", "band_10_20hz_rms_g"])
-    ['band_10_20hz_rms_g', 'rms_g', 'sustained_rms_g']
+    ['band_10_20hz_rms_g', 'sustained_rms_g']
+    >>> evidence_names(["rms_g", "kurtosis", "bpfi_energy_g2_hz"])   # a feature stream
+    ['bpfi_energy_g2_hz', 'kurtosis', 'rms_g']
     """
-    patterns = EVIDENCE_FEATURES if patterns is None else patterns
-    return sorted(n for n in set(names) if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    names = set(names)
+    if patterns is None:
+        patterns = EVIDENCE_FEATURES
+        names = {n for n in names if f"sustained_{n}" not in names}
+    return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
 
 
 def feature_evidence(features: dict, names, reference: dict, spread: dict, *,
