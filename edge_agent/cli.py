@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--baseline-windows", type=_ranged("DetectorConfig", "baseline_windows",
                                                              int), metavar="N",
                           help="healthy windows per channel (and speed regime) to learn the "
-                               "baseline from (default 120)")
+                               "baseline from, whatever the cadence (default: 120 windows, and "
+                               "24 h of running when they take longer than 1 h)")
     baseline.add_argument("--baseline-s", type=_positive, metavar="S",
                           help="healthy period to learn the baseline from, seconds of the "
                                "recording's clock")
@@ -226,6 +227,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_config_check(args) -> int:
+    from edge_agent.models.collection import baseline_rule
     from edge_agent.runtime.config import load_config, unreadable_files
 
     config = load_config(args.file)
@@ -256,7 +258,7 @@ def _cmd_config_check(args) -> int:
         channels = ", ".join(c.name for c in machine.channels) or "any channel"
         print(f"  machine {machine.id}: {channels}; bearing {machine.bearing or 'unknown'}; "
               f"ISO group {machine.iso_group} {machine.iso_foundation}; baseline "
-              f"{machine.learning.baseline_windows} windows")
+              f"{baseline_rule(machine.learning)}")
     if config.replay:
         print(f"  replay {len(config.replay.paths)} recording(s) at speed {config.replay.speed:g}")
     return 0

@@ -76,8 +76,8 @@ def test_replay_refuses_invalid_values(option, value):
 
 def test_a_baseline_that_the_recording_never_completes_is_said():
     out = no_traceback(edge_agent("replay", NORMAL, "--baseline-s", "0.5"))
-    assert "de: still learning its baseline when the recording ended (10% of it after 2 " \
-           "windows): never monitored" in out.stdout
+    assert "baseline de 1796rpm: 1970-01-01 00:00 to 1970-01-01 00:00, 2 windows, 0.0 h of " \
+           "running (still learning: 10%); never monitored: give a longer recording" in out.stdout
 
 
 @pytest.mark.parametrize("target, problem", [("missing/x.jsonl", "No such file or directory"),

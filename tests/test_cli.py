@@ -40,9 +40,10 @@ def test_version_and_help_on_every_command():
 
 def test_replay_help_states_the_real_baseline_default():
     from edge_agent.models import DetectorConfig
+    from edge_agent.models.collection import baseline_rule
 
     text = " ".join(edge_agent("replay", "--help").stdout.split())
-    assert f"(default {DetectorConfig().baseline_windows})" in text
+    assert f"(default: {baseline_rule(DetectorConfig())})" in text
 
 
 def test_features_prints_documented_fields():
@@ -91,15 +92,22 @@ def test_replay_jsonl_verdicts_and_alerts():
     assert rows.index(alerts[0]) > first_fault  # raised on the fault, not before
 
 
-def test_replay_feature_stream_one_machine_per_bearing():
-    out = edge_agent("replay", SAMPLE_DATA / "ims" / "ims_test1_features.csv",
-                     "--baseline-windows", 40, "--jsonl", "-").stdout
-    verdicts = [r for r in json_lines(out) if r["kind"] == "verdict"]
-    assert {v["machine"] for v in verdicts} == {f"ims1-bearing{k}" for k in (1, 2, 3, 4)}
-    assert {v["channel"] for v in verdicts} == {"x", "y"}
-    first = [v for v in verdicts if v["machine"] == "ims1-bearing3" and v["channel"] == "x"]
+def test_replay_feature_stream_the_rig_is_one_machine_a_channel_per_bearing_and_axis():
+    result = edge_agent("replay", SAMPLE_DATA / "ims" / "ims_test1_features.csv", "--jsonl", "-")
+    verdicts = [r for r in json_lines(result.stdout) if r["kind"] == "verdict"]
+    assert {v["machine"] for v in verdicts} == {"ims1"}
+    assert {v["channel"] for v in verdicts} == {f"bearing{k}-{a}" for k in range(1, 5) for a in "xy"}
+    first = [v for v in verdicts if v["channel"] == "bearing3-x"]
     assert first[0]["index"] == 0 and first[0]["source"].startswith("ims_test1_features.csv:row")
     assert len(first) == 2156
+    # A snapshot every 10 minutes: the default baseline is a day of running, across the
+    # rig's six-day stop, and the summary says so for every channel.
+    assert [v["phase"] for v in first].index("monitoring") == 169
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("replay: ")]
+    assert lines[0].startswith("ims1: 17248 windows")
+    assert ("  baseline bearing3-x 2000rpm: 2003-10-22 12:06 to 2003-10-29 16:39, 169 windows, "
+            "24.1 h of running") in lines
+    assert sum(line.startswith("  baseline bearing") for line in lines) == 8
 
 
 def test_replay_wav_and_csv_waveforms(tmp_path):
@@ -148,15 +156,16 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path):
 
 def test_the_readme_alert_example_is_what_replay_writes():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    example = json.loads(readme.split("An example (trimmed to two features):\n\n```json\n", 1)[1]
-                         .split("```", 1)[0])
+    example = json.loads(readme.split("An example (trimmed to two pieces of evidence and two "
+                                      "features):\n\n```json\n", 1)[1].split("```", 1)[0])
     rows = json_lines(edge_agent(
         "replay", CWRU / "normal_0_97.mat", CWRU / "48k_Drive_End_OR007@6_0_135.mat",
         "--machine", "motor-3", "--channel", "de", "--window-s", "0.2", "--hop-s", "0.1",
         "--baseline-windows", "20", "--jsonl", "-").stdout)
     alert = next(r for r in rows if r["kind"] == "alert")
     for key, value in example.items():
-        if key == "features":  # the README keeps two of them
-            assert value == [f for f in alert[key] if f["feature"] in {v["feature"] for v in value}]
+        if key in ("features", "evidence"):  # the README keeps two of each
+            name = lambda e: e.get("feature") or e.get("fault")  # noqa: E731
+            assert value == [f for f in alert[key] if name(f) in {name(v) for v in value}]
         else:
             assert alert[key] == value, key

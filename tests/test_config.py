@@ -87,7 +87,7 @@ def test_every_numeric_key_has_a_range_and_the_reference_shows_it(section):
     ("learning", "baseline_windows = -10", "learning.baseline_windows = -10 is out of range: use a "
                                            "value 10 to 1000000"),
     ("learning", "risk = 0.5", "learning.risk = 0.5 is out of range: use a value > 0 and < 0.2"),
-    ("alerts", "persistence_k = 6", "alerts.persistence_k = 6 is more than alerts.persistence_n"),
+    ("alerts", "persistence_k = 6", "persistence_k <= persistence_n"),
     ("resources", "learn_budget = 0", "resources.learn_budget = 0.0 is out of range"),
     ("limits", "expected_fs_hz = [25600, -1]", "limits.expected_fs_hz = [25600.0, -1.0] is out of "
                                                "range: use values > 0"),

@@ -259,3 +259,83 @@ def test_learned_state_stays_bounded():
         sizes.append(len(pickle.dumps(detector)))
     # Grows while the recent histories fill, then stays flat.
     assert sizes[-1] < 1.1 * sizes[len(sizes) // 2] and sizes[-1] < 2_000_000
+
+
+def test_a_sparse_machine_learns_a_day_of_running_and_a_dense_one_its_120_windows(femto_horizontal):
+    from edge_agent.readers import read_recording
+    from tests.conftest import SAMPLE_DATA
+
+    # IMS test 1 sends a snapshot every 10 minutes: 120 windows would be its first 20
+    # hours. With the defaults its baseline runs on to 24 h of running time, across the
+    # rig's six-day stop after its first day, which is not running time.
+    ims = [r for r in read_recording(SAMPLE_DATA / "ims" / "ims_test1_features.csv")
+           if r.channel == "bearing3-x"]
+    detector = ChannelDetector(DetectorConfig())
+    phases = [detector.process(r.features, rpm=r.rpm, t_s=r.start_s).phase for r in ims[:200]]
+    first = phases.index("monitoring")
+    coverage = detector.models["2000rpm"].coverage
+    assert 120 < coverage["windows"] == first < 200
+    assert 24.0 <= coverage["running_h"] < 24.5
+    assert coverage["from_s"] == ims[0].start_s and coverage["to_s"] == ims[first - 1].start_s
+    assert coverage["to_s"] - coverage["from_s"] > 6 * 86400  # the stop is in, not counted
+    # FEMTO Bearing1_2 sends one every 10 s: its 120 windows are 20 minutes, and enough.
+    detector = ChannelDetector(DetectorConfig())
+    phases = [detector.process(r.features, rpm=r.rpm, t_s=r.start_s).phase
+              for r in femto_horizontal[:130]]
+    assert phases.index("monitoring") == 120
+    assert detector.models["1800rpm"].coverage["running_h"] == pytest.approx(119 * 10 / 3600,
+                                                                             abs=1e-3)
+
+
+def test_a_long_baseline_counts_only_running_time_and_stays_bounded():
+    # A sensor every minute: 120 windows take two hours, so the baseline wants 24 h of running.
+    normal = cwru_records()
+    detector = ChannelDetector(DetectorConfig())
+    t, k, stopped, step = 0.0, 0, 0, 60.0
+    while not any(m.fitted for m in detector.models.values()):
+        rec = normal[k % len(normal)]
+        if 1000 <= k < 1100:  # stopped for 100 windows: not running time
+            features, stopped = dict(rec.features, sustained_rms_g=1e-4, rms_g=1e-4), stopped + 1
+        else:
+            features = rec.features
+        detector.process(features, rpm=rec.rpm, t_s=t)
+        t, k = t + step, k + 1
+    model = detector.models["1796rpm"]
+    running = model.coverage["running_h"] * 3600
+    assert 24 * 3600 <= running < 24 * 3600 + step
+    assert model.coverage["windows"] == k - stopped
+    # from first to last window: the running time, the stop, and the interval that ended it
+    span = model.coverage["to_s"] - model.coverage["from_s"]
+    assert span == pytest.approx(running + (stopped + 1) * step, abs=1.0)
+    assert len(model.learners[0].training_) <= 1024 < k - stopped  # thinned, evenly
+
+
+def test_evidence_spread_covers_what_the_baseline_does_now_and_then():
+    from edge_agent.models.collection import BaselineCollection
+
+    # Kurtosis 3 with a knock (kurtosis 40) in one window of seven: the median and the MAD
+    # see only the quiet windows; the upward spread sees the knocks, so a later knock is
+    # not "3 standard deviations above" its baseline. The band, steady, keeps a tight spread.
+    c = BaselineCollection(baseline_windows=140)
+    for k in range(140):
+        c.add(np.zeros(1), {"kurtosis": 40.0 if k % 7 == 0 else 3.0 + 0.01 * (k % 5),
+                            "band_100_200hz_rms_g": 0.02 * (1 + 0.01 * (k % 5))}, t_s=k, restarted=False)
+    medians, spread = c.reference()
+    assert medians["kurtosis"] == pytest.approx(3.02)
+    assert np.log10(40.0 / 3.02) / spread["kurtosis"] < 3.0
+    assert np.log10(2.0) / spread["band_100_200hz_rms_g"] > 10
+
+
+def test_the_threshold_never_goes_below_what_healthy_windows_exceed_too_often(femto_horizontal):
+    """Calibrated surprises of n voters, however dependent, exceed -log10(risk) - log10(n)
+    more often than ``risk``: whatever its 120 baseline windows suggest, and whatever the
+    seed of its learners, the threshold stays above that."""
+    import math
+
+    for seed in (1, 42):
+        detector = ChannelDetector(DetectorConfig(seed=seed))
+        thresholds = [v.threshold for v in (detector.process(r.features, rpm=r.rpm, t_s=r.start_s)
+                                            for r in femto_horizontal[:400]) if v.threshold]
+        model = detector.models["1800rpm"]
+        null = 3.0 - math.log10(len(model.voting))
+        assert len(model.voting) == 4 and min(thresholds) >= null - 1e-9

@@ -188,8 +188,9 @@ def test_ims_snapshot_round_trip():
     assert recording_kind(IMS_SNAPSHOT) == "ims-snapshot"
     frames = list(read_recording(IMS_SNAPSHOT))
     table = np.loadtxt(IMS_SNAPSHOT)
+    # the rig is one machine; each bearing and axis is a channel
     assert [(f.machine, f.channel) for f in frames] == [
-        (f"ims-bearing{k}", ch) for k in range(1, 5) for ch in ("x", "y")]
+        ("ims", f"bearing{k}-{axis}") for k in range(1, 5) for axis in ("x", "y")]
     for col, f in enumerate(frames):
         assert f.start_s == IMS_T0 and f.fs_hz == 20000.0 and f.rpm == 2000.0
         assert f.source == "2003.10.22.12.06.24"
@@ -210,7 +211,7 @@ def test_ims_four_column_file(tmp_path):
     path = tmp_path / "2004.02.12.10.32.39"
     np.savetxt(path, table, fmt="%.3f", delimiter="\t")
     frames = list(read_recording(path))
-    expected = [(f"ims-bearing{k}", "x") for k in range(1, 5)]
+    expected = [("ims", f"bearing{k}-x") for k in range(1, 5)]
     assert [(f.machine, f.channel) for f in frames] == expected
     np.testing.assert_array_equal(frames[2].samples, table[:, 2].astype(np.float32))
 
@@ -570,7 +571,8 @@ def test_feature_stream_write_read_round_trip(tmp_path):
 def test_sample_ims_feature_stream():
     recs = list(read_recording(SAMPLE / "ims" / "ims_test1_features.csv"))
     assert len(recs) == 2156 * 8
-    assert {r.machine for r in recs} == {f"ims1-bearing{k}" for k in range(1, 5)}
+    assert {r.machine for r in recs} == {"ims1"}
+    assert {r.channel for r in recs} == {f"bearing{k}-{axis}" for k in range(1, 5) for axis in "xy"}
     assert set(recs[0].features) == {"rms_g", "kurtosis", "env_bpfi_energy", "env_bsf_energy"}
     assert recs[0].start_s == IMS_T0 and recs[0].rpm == 2000.0
     # first snapshot, bearing 3 x: the raw table's excess kurtosis is 0.4054385195773422
@@ -586,13 +588,13 @@ def test_ims_tables_conversion():
     recs = list(convert_ims_tables(raw, spectral, test=1))
     assert len(recs) == 2156 * 8
     assert [(r.machine, r.channel) for r in recs[:8]] == [
-        (f"ims1-bearing{k}", ch) for k in range(1, 5) for ch in ("x", "y")]
+        ("ims1", f"bearing{k}-{axis}") for k in range(1, 5) for axis in ("x", "y")]
     with open(raw) as f:
         rows = list(csv.DictReader(f))
     with open(spectral) as f:
         srow = next(csv.DictReader(f))
     b3x = recs[4]
-    assert (b3x.machine, b3x.channel) == ("ims1-bearing3", "x")
+    assert (b3x.machine, b3x.channel) == ("ims1", "bearing3-x")
     assert b3x.features["kurtosis"] == float(rows[0]["Bearing3_ch1_kurt"]) + 3
     assert b3x.features["env_kurtosis"] == float(srow["Bearing3_ch1_env_kurtosis"]) + 3
     assert b3x.features["rms_g"] == float(rows[0]["Bearing3_ch1_std"])
@@ -641,7 +643,7 @@ def test_ims_tables_errors(tmp_path):
                  call=lambda: convert_ims_tables(raw, spectral, test=2))
     spectral.unlink()
     (rec,) = read_recording(raw)
-    assert (rec.machine, rec.channel, rec.features) == ("ims2-bearing1", "x",
+    assert (rec.machine, rec.channel, rec.features) == ("ims2", "bearing1-x",
                                                         {"rms_g": 0.07, "kurtosis": 3.2})
 
 

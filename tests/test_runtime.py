@@ -356,7 +356,7 @@ def test_a_complete_baseline_waits_for_its_fit_while_behind(tmp_path):
     model = agent.pipeline.detectors[("pump-7", "de")].models["1796rpm"]
     view = agent.channel_view[("pump-7", "de")]
     assert not model.fitted and view["phase"] == "baselining" and view["baseline_progress"] == 1
-    assert model.baseline.n_collected == 30  # still collecting (up to twice the baseline)
+    assert model.collection.seen == 30  # still collecting (bounded: see models.collection)
     agent.process([frame(time.time() - 0.2, offset=0)], live=True)
     assert model.fitted
 

@@ -26,19 +26,24 @@ For each window (a dict of features) it decides:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from edge_agent.models.autoencoder import IncrementalAutoencoder
 from edge_agent.models.baseline import Baseline
 from edge_agent.models.calibration import TailCalibrator
+from edge_agent.models.collection import BaselineCollection
 from edge_agent.models.hst import FrozenHalfSpaceTrees
 from edge_agent.models.regime import SpeedRegimes
 from edge_agent.models.selection import select_features
 from edge_agent.models.threshold import AdaptiveThreshold
 from edge_agent.models.trend import TrendScorer
+from edge_agent.models.verdict import Contribution, Verdict, combine
 from edge_agent.models.zscore import RobustZScorer
+
+__all__ = ["ChannelDetector", "Contribution", "DetectorConfig", "RegimeModel", "Verdict",
+           "combine"]
 
 SCORERS = ("zscore", "trend", "hst", "autoencoder")
 
@@ -48,6 +53,8 @@ class DetectorConfig:
     """Learning parameters of a channel (documented in docs/configuration.md)."""
 
     baseline_windows: int = 120
+    baseline_running_s: float | None = 86400.0
+    sparse_span_s: float = 3600.0
     baseline_s: float | None = None
     min_baseline_windows: int = 20
     stopped_rms_g: float = 0.005
@@ -63,6 +70,7 @@ class DetectorConfig:
     restart_gap_s: float = 6 * 3600.0
     settle_windows: int = 12
     restart_budget: float = 0.25
+    trend_min_windows: int = 48
     hst_trees: int = 10
     hst_min_windows: int = 64
     ae_batch: int = 32
@@ -79,49 +87,6 @@ class DetectorConfig:
     seed: int = 42
 
 
-@dataclass(frozen=True)
-class Contribution:
-    """A feature behind a score: its deviation and its value against the baseline."""
-
-    feature: str
-    z: float
-    value: float
-    baseline: float
-
-
-@dataclass(frozen=True)
-class Verdict:
-    phase: str  # "stopped" | "baselining" | "monitoring"
-    baseline_progress: float
-    regime: str | None = None
-    score: float | None = None
-    threshold: float | None = None
-    alarm_threshold: float | None = None
-    learned: bool = False
-    scores: dict[str, float] = field(default_factory=dict)
-    contributions: tuple[Contribution, ...] = ()
-    magnitude: float = 1.0  # largest smoothed amplitude-equivalent change of a health indicator
-    min_change_ratio: float = 1.0
-
-    @property
-    def anomalous(self) -> bool:
-        return (self.score is not None and self.score >= self.threshold
-                and self.magnitude >= self.min_change_ratio)
-
-    @property
-    def severe(self) -> bool:
-        return self.anomalous and self.score >= self.alarm_threshold
-
-
-def combine(surprises: dict[str, float]) -> float:
-    """Largest surprise, Bonferroni-corrected for the number of scorers.
-
-    >>> round(combine({"zscore": 3.0, "trend": 0.5, "hst": 0.2, "autoencoder": 0.1}), 2)
-    2.4
-    """
-    return max(0.0, max(surprises.values()) - math.log10(len(surprises)))
-
-
 def _level(features: dict) -> float | None:
     for name in ("sustained_rms_g", "rms_g"):
         value = features.get(name)
@@ -135,35 +100,35 @@ class RegimeModel:
 
     def __init__(self, names, directions, config: DetectorConfig):
         self.names, self.directions, self.config = names, directions, config
-        self.baseline = Baseline(names, directions, adapt_rate=config.adapt_rate,
-                                 drift_budget=config.drift_budget)
-        self._reference_rows: list[dict] = []
+        c = config
+        self.collection: BaselineCollection | None = BaselineCollection(
+            baseline_windows=c.baseline_windows, baseline_s=c.baseline_s,
+            baseline_running_s=c.baseline_running_s, sparse_span_s=c.sparse_span_s,
+            min_windows=c.min_baseline_windows)
         self.fitted = False
         self.updates = 0
         self.restarts = 0
         self.settling: list[np.ndarray] | None = None
-        self.running_s = 0.0  # baseline time the machine was seen running
-        self._last_s: float | None = None
-        self._restart_at: int | None = None  # first baseline window after a restart
+        #: What the baseline covered (see BaselineCollection.coverage), once fitted.
+        self.coverage: dict | None = None
+        #: Median of every numeric feature over the baseline, and the robust spread
+        #: (log10) of the positive ones: what alerts judge evidence against.
+        self.reference: dict[str, float] = {}
+        self.reference_spread: dict[str, float] = {}
 
     # -- baseline phase ---------------------------------------------------------
     def progress(self) -> float:
-        """Share of the baseline period collected; a duration counts running time only."""
-        c = self.config
-        by_count = self.baseline.n_collected / c.baseline_windows
-        if c.baseline_s is None:
-            return min(by_count, 1.0)
-        return min(self.running_s / c.baseline_s,
-                   self.baseline.n_collected / c.min_baseline_windows, 1.0)
+        """Share of the baseline period collected (see models.collection)."""
+        return 1.0 if self.fitted else self.collection.progress()
 
     def collect(self, x, features, t_s, restarted: bool) -> None:
-        if restarted:
-            self._restart_at = self.baseline.n_collected
-        elif self._last_s is not None:
-            self.running_s += max(0.0, t_s - self._last_s)
-        self._last_s = t_s
-        self.baseline.collect(x)
-        self._reference_rows.append(features)
+        self.collection.add(x, features, t_s, restarted)
+
+    def baseline_coverage(self) -> dict:
+        """What the baseline covered (being collected: so far), whether it is complete, and
+        its progress."""
+        coverage = self.coverage if self.fitted else self.collection.coverage()
+        return {**coverage, "complete": self.fitted, "progress": round(self.progress(), 3)}
 
     def fit(self) -> None:
         """Fit everything on the baseline; calibrate on out-of-sample scores.
@@ -174,43 +139,59 @@ class RegimeModel:
         and would set the threshold too low. Interleaving, rather than halves,
         keeps a run-in drift within the baseline period out of the calibration,
         which is about new windows from the same healthy state.
+
+        The trend, though, runs over the cross-fitted windows in time order, as it
+        does when monitoring: run over every other window it would average twice
+        the time, understate how far a slowly wandering healthy feature takes it,
+        and make its calibration overconfident.
         """
-        X = np.vstack(self.baseline._rows)
+        X = np.vstack(self.collection.rows)
         raw = {name: np.empty(len(X)) for name in SCORERS}
-        warmup = min(self.config.trend_span, len(X) // 6)
+        Z_all = np.empty_like(X)
         for train, test in ((slice(1, None, 2), slice(0, None, 2)),
                             (slice(0, None, 2), slice(1, None, 2))):
             learners = self._fit_learners(X[train])
-            Z = learners[0].standardize(X[test])
-            for name, values in zip(SCORERS, self._raw_scores(learners, Z)):
+            Z_all[test] = learners[0].standardize(X[test])
+            for name, values in self._raw_scores(learners, Z_all[test]).items():
                 raw[name][test] = values
-            # The trend starts cold at zero: its warm-up would understate healthy
-            # trend scores and make the calibration overconfident.
-            raw["trend"][test][:warmup] = np.nan
+        trend = TrendScorer(self.names, self.directions, span=self.config.trend_span,
+                            k=self.config.zscore_top_k)
+        raw["trend"] = np.array([trend.update_and_score(z) for z in Z_all])
+        # The trend starts cold at zero: its warm-up would understate healthy
+        # trend scores and make the calibration overconfident.
+        raw["trend"][:min(self.config.trend_span, len(X) // 6)] = np.nan
         self.learners = self._fit_learners(X)
         self.calibrators = {name: TailCalibrator() for name in SCORERS}
         for name in SCORERS:
             self.calibrators[name].fit(raw[name][np.isfinite(raw[name])])
         # Half-Space Trees estimate healthy mass per cell: from a short baseline the
-        # cells are too sparse to trust. They are learned and reported either way,
+        # cells are too sparse to trust. The trend's calibration needs several of its
+        # spans of healthy wander (its values a few windows apart are nearly the same):
+        # a short baseline holds one or two. Both are learned and reported either way,
         # but vote only when the baseline was long enough (the threshold is
         # calibrated on the same voters that decide later).
-        self.voting = [n for n in SCORERS if n != "hst" or len(X) >= self.config.hst_min_windows]
+        c = self.config
+        self.voting = [n for n in SCORERS if (n != "hst" or len(X) >= c.hst_min_windows)
+                       and (n != "trend" or len(X) >= c.trend_min_windows)]
         combined = [combine({n: self.calibrators[n].surprise(raw[n][i]) for n in self.voting
                              if np.isfinite(raw[n][i])}) for i in range(len(X))]
-        c = self.config
-        self.threshold = AdaptiveThreshold(risk=c.risk, floor=c.threshold_floor,
+        # However the scorers depend on each other, a combined score below
+        # -log10(risk) - log10(voters) is exceeded by healthy windows more often than
+        # ``risk``: the threshold never goes below it, whatever 120 windows suggest.
+        null_floor = -math.log10(c.risk) - math.log10(len(self.voting))
+        self.threshold = AdaptiveThreshold(risk=c.risk, floor=max(c.threshold_floor, null_floor),
                                            max_growth=c.threshold_max_growth,
                                            alarm_factor=c.alarm_factor)
         self.threshold.fit(combined)
         self.baseline = self.learners[0]
-        self.reference = {k: float(np.median([r[k] for r in self._reference_rows if k in r]))
-                          for k in self._reference_rows[-1]}
-        self._reference_rows = []
+        self.reference, self.reference_spread = self.collection.reference()
+        self.coverage = self.collection.coverage()
+        restart_at = self.collection.restart_at
+        self.collection = None  # what it kept lives on in the learners
         self.fitted = True
-        if self._restart_at:  # a restart during the baseline: settle on what followed it
+        if restart_at:  # a restart during the baseline: settle on what followed it
             self.settling = []
-            for x in X[self._restart_at:]:
+            for x in X[restart_at:]:
                 if self.settling is not None:
                     self.settle(x)
 
@@ -233,10 +214,11 @@ class RegimeModel:
         return baseline, zscore, trend, hst, ae
 
     @staticmethod
-    def _raw_scores(learners, Z):
-        _, zscore, trend, hst, ae = learners
-        return ([zscore.score_one(z) for z in Z], [trend.update_and_score(z) for z in Z],
-                [hst.score_one(z) for z in Z], ae.score(Z))
+    def _raw_scores(learners, Z) -> dict:
+        """Raw scores of windows ``Z`` by every scorer but the trend (see :meth:`fit`)."""
+        _, zscore, _, hst, ae = learners
+        return {"zscore": [zscore.score_one(z) for z in Z], "hst": [hst.score_one(z) for z in Z],
+                "autoencoder": ae.score(Z)}
 
     # -- monitoring -------------------------------------------------------------
     def score(self, x):
@@ -250,10 +232,10 @@ class RegimeModel:
 
     def magnitude(self) -> float:
         """Largest amplitude-equivalent change among health indicators whose smoothed
-        deviation is clear (at least two baseline scales)."""
+        level (TrendScorer.level_) is clearly off (at least two baseline scales)."""
         baseline, trend = self.learners[0], self.learners[2]
-        clear = (np.array(self.directions) == "up") & (trend.ewma_ >= 2.0)
-        ratios = baseline.amplitude_ratio(trend.ewma_)[clear]
+        clear = (np.array(self.directions) == "up") & (trend.level_ >= 2.0)
+        ratios = baseline.amplitude_ratio(trend.level_)[clear]
         return float(ratios.max()) if ratios.size else 1.0
 
     def settle(self, x) -> float:
@@ -262,7 +244,7 @@ class RegimeModel:
         progress = len(self.settling) / self.config.settle_windows
         if progress >= 1.0:
             self.learners[0].reanchor(np.vstack(self.settling), self.config.restart_budget)
-            self.learners[2].ewma_[:] = 0.0
+            self.learners[2].reset()
             self.settling = None
             self.restarts += 1
         return min(progress, 1.0)
@@ -343,7 +325,12 @@ class ChannelDetector:
         regime = self.regimes.assign(rpm) if rpm is not None and rpm >= self.config.stopped_rpm \
             else ("any" if rpm is None else None)
         model = self.models.get(regime) if regime else None
+        for other in self.models.values():  # a stop, or another regime, is not this one's running
+            if other is not model and not other.fitted:
+                other.collection.pause()
         if regime is None or self._stopped(features, rpm, model):
+            if model is not None and not model.fitted:
+                model.collection.pause()
             return Verdict("stopped", model.progress() if model else 0.0, regime)
         x = self._vector(features)
         gap = None if self.last_running_s is None else t_s - self.last_running_s
@@ -353,16 +340,14 @@ class ChannelDetector:
         restarted = gap is not None and gap > self.config.restart_gap_s
         if not model.fitted:
             # A complete baseline waits for its fit while updates are deferred; it keeps
-            # collecting meanwhile, up to twice its length.
-            collect = model.baseline.n_collected < 2 * self.config.baseline_windows
-            if collect:
-                model.collect(x, {k: v for k, v in features.items()
-                                  if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                              t_s, restarted)
+            # collecting meanwhile (bounded: see models.collection).
+            model.collect(x, {k: v for k, v in features.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                          t_s, restarted)
             progress = model.progress()
             if progress >= 1.0 and may_train:
                 model.fit()
-            return Verdict("baselining", progress, regime, learned=collect)
+            return Verdict("baselining", progress, regime, learned=True)
         if restarted and may_learn:
             model.settling = []
         if model.settling is not None:

@@ -193,6 +193,7 @@ def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:
     """The retained status document of one machine."""
     channels = {}
     health = agent.rejections.channels(machine)
+    baselines = agent.pipeline.baseline_coverage(machine)
     names = sorted({c for m, c in agent.channel_view if m == machine} | set(health))
     for channel in names:
         view = agent.channel_view.get((machine, channel), {})
@@ -204,7 +205,8 @@ def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:
             threshold=view.get("threshold"), alarm_threshold=view.get("alarm_threshold"),
             regime=view.get("regime"), last_window_s=view.get("start_s"),
             windows=agent.indices.get((machine, channel)),
-            sensor_health=sensor["sensor_health"], rejected=sensor["rejected"])
+            sensor_health=sensor["sensor_health"], rejected=sensor["rejected"],
+            baseline=baselines.get(channel, {}).get(view.get("regime", "any")))
     return machine_status_doc(agent.config.id, machine, channels,
                               outbox_depth=outbox_depth,
                               model_version=agent_version(agent, machine),

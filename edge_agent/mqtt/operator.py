@@ -89,12 +89,13 @@ def format_alert(alert: dict) -> str:
     """One readable line: time, severity, machine and channel, summary.
 
     >>> format_alert({"ts": "2024-05-01T12:00:00.000Z", "severity": "alarm", "machine": "p7",
-    ...               "channel": "de", "summary": "p7 ALARM: RMS 0.5 g"})
-    '2024-05-01T12:00:00.000Z  ALARM    p7/de  RMS 0.5 g'
+    ...               "channel": "de", "summary": "p7 ALARM on de: RMS 0.5 g, 2.1× baseline"})
+    '2024-05-01T12:00:00.000Z  ALARM    p7/de  RMS 0.5 g, 2.1× baseline'
     """
     machine, severity = str(alert.get("machine", "?")), str(alert.get("severity", "?"))
     summary = str(alert.get("summary", ""))
-    for lead in (f"{machine} {severity.upper()}: ", f"{machine}: "):
+    for lead in (f"{machine} {severity.upper()} on {alert.get('channel')}: ",
+                 f"{machine} {severity.upper()}: ", f"{machine}: "):
         if summary.startswith(lead):
             summary = summary[len(lead):]
             break

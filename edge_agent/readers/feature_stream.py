@@ -75,8 +75,8 @@ def is_feature_stream(path) -> bool:
 def parse_column(name: str) -> tuple[str, str, str] | None:
     """Split ``machine/channel/feature``, or None when the name is not valid.
 
-    >>> parse_column("ims1-bearing3/x/kurtosis")
-    ('ims1-bearing3', 'x', 'kurtosis')
+    >>> parse_column("ims1/bearing3-x/kurtosis")
+    ('ims1', 'bearing3-x', 'kurtosis')
     >>> parse_column("Pump/DE/RMS") is None
     True
     """

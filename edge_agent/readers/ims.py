@@ -10,8 +10,9 @@ Two layouts are read:
 * the lossless ``.npz`` repack of test 1 (``data_milli_g`` int16 of shape
   (n_snapshots, 20480, 8) in milli-g, ``filenames``, ``timestamps``, ``fs_hz``).
 
-Each bearing is one machine, ``ims-bearing<k>``, with channels ``x`` and
-``y`` (8 columns) or ``x`` only (4 columns). The sample rate is the nominal
+The rig is one machine, ``ims``: its four bearings sit on one shaft and hear
+each other. Each bearing and accelerometer axis is a channel, ``bearing<k>-x``
+and ``bearing<k>-y`` (8 columns) or ``bearing<k>-x`` only (4 columns). The sample rate is the nominal
 20 kHz of the official readme (the effective rate is closer to 20.48 kHz:
 pass ``fs_hz=20480`` to use it); the shaft turns at 2000 rpm.
 
@@ -62,14 +63,14 @@ def ims_columns(n_columns: int) -> list[tuple[str, str]]:
     """(machine, channel) of each column of an IMS snapshot.
 
     >>> ims_columns(4)[2]
-    ('ims-bearing3', 'x')
+    ('ims', 'bearing3-x')
     >>> ims_columns(8)[5]
-    ('ims-bearing3', 'y')
+    ('ims', 'bearing3-y')
     """
     if n_columns == 8:
-        return [(f"ims-bearing{k}", ch) for k in range(1, 5) for ch in ("x", "y")]
+        return [("ims", f"bearing{k}-{ch}") for k in range(1, 5) for ch in ("x", "y")]
     if n_columns == 4:
-        return [(f"ims-bearing{k}", "x") for k in range(1, 5)]
+        return [("ims", f"bearing{k}-x") for k in range(1, 5)]
     raise ValueError(f"IMS snapshots have 4 or 8 columns, not {n_columns}")
 
 

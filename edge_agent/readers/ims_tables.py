@@ -3,9 +3,12 @@
 ``test{N}_raw.csv`` holds one row per snapshot with six statistics per
 channel, columns ``Bearing{k}_ch{c}_{stat}``; ``test{N}_spectral.csv``
 (optional) adds eighteen waveform features per channel and joins on
-``file_index``. Each bearing becomes machine ``ims{N}-bearing{k}`` with
-channel ``x`` (``_ch1``) and ``y`` (``_ch2``, test 1 only), at the time in
-the ``timestamp`` column (taken as UTC) and at the rig's 2000 rpm.
+``file_index``. The rig is one machine, ``ims{N}``: its four bearings sit on
+one shaft, so a failing bearing's vibration reaches its neighbours and one
+episode of the rig is one alert. Each bearing and accelerometer axis is a
+channel, ``bearing{k}-x`` (``_ch1``) and ``bearing{k}-y`` (``_ch2``, test 1
+only), at the time in the ``timestamp`` column (taken as UTC) and at the
+rig's 2000 rpm.
 
 Names follow edge-agent's features only where the meaning is the same; the
 table in ``docs/feature-stream.md`` gives the reasons. In short: the tables'
@@ -57,13 +60,13 @@ SPECTRAL_MAP: dict[str, tuple[str, float]] = {
     "env_bsf_energy": ("env_bsf_energy", 0.0),
 }
 _COLUMN_RE = re.compile(r"Bearing(\d+)_ch(\d+)_(\w+)\Z")
-_CHANNEL = {"1": "x", "2": "y"}
+_AXIS = {"1": "x", "2": "y"}
 
 
 def _read_table(path: Path, index_cols: tuple[str, ...], mapping) -> tuple[list, list, list]:
     """Header, rows as (row number, cells), and the column plan of a table.
 
-    The plan is a list of (column, bearing, channel, feature, offset).
+    The plan is a list of (column, channel, feature, offset).
     """
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -81,10 +84,10 @@ def _read_table(path: Path, index_cols: tuple[str, ...], mapping) -> tuple[list,
         if name in index_cols:
             continue
         m = _COLUMN_RE.match(name)
-        if not m or m.group(2) not in _CHANNEL or m.group(3) not in mapping:
+        if not m or m.group(2) not in _AXIS or m.group(3) not in mapping:
             raise RecordingError(path, f"column {name!r} is not a known IMS table column")
         feature, offset = mapping[m.group(3)]
-        plan.append((i, f"bearing{m.group(1)}", _CHANNEL[m.group(2)], feature, offset))
+        plan.append((i, f"bearing{m.group(1)}-{_AXIS[m.group(2)]}", feature, offset))
     body = [(n, cells) for n, cells in enumerate(rows[1:], start=2) if cells]
     for n, cells in body:
         if len(cells) != len(header):
@@ -93,8 +96,8 @@ def _read_table(path: Path, index_cols: tuple[str, ...], mapping) -> tuple[list,
 
 
 def _values(path: Path, row: int, cells: list[str], plan, out: dict, header) -> None:
-    """Add one table row's features to ``out[(machine suffix, channel)]``."""
-    for i, bearing, channel, feature, offset in plan:
+    """Add one table row's features to ``out[channel]``."""
+    for i, channel, feature, offset in plan:
         cell = cells[i].strip()
         if not cell:
             continue  # not measured for this snapshot
@@ -104,7 +107,7 @@ def _values(path: Path, row: int, cells: list[str], plan, out: dict, header) -> 
             raise RecordingError(
                 path, f"row {row}, column {header[i]!r}: {cell[:20]!r} is not a number"
             ) from None
-        out.setdefault((bearing, channel), {})[feature] = value + offset
+        out.setdefault(channel, {})[feature] = value + offset
 
 
 def convert_ims_tables(raw_csv, spectral_csv=None, *, test: int = 1) -> Iterator[FeatureRecord]:
@@ -123,8 +126,9 @@ def convert_ims_tables(raw_csv, spectral_csv=None, *, test: int = 1) -> Iterator
     Yields
     ------
     FeatureRecord
-        Per snapshot, bearings 1-4 and channels x (then y), in table order;
-        ``source`` is ``"test1_raw.csv:row N (2003.10.22.12.06.24)"``.
+        Per snapshot, machine ``ims{test}`` with channels ``bearing1-x``,
+        ``bearing1-y``, ... in table order; ``source`` is
+        ``"test1_raw.csv:row N (2003.10.22.12.06.24)"``.
     """
     raw = Path(raw_csv)
     if test not in (1, 2, 3):
@@ -148,7 +152,7 @@ def convert_ims_tables(raw_csv, spectral_csv=None, *, test: int = 1) -> Iterator
         if last_t is not None and t < last_t:
             raise RecordingError(raw, f"row {row}: timestamp goes back in time")
         last_t = t
-        feats: dict[tuple[str, str], dict[str, float]] = {}
+        feats: dict[str, dict[str, float]] = {}
         _values(raw, row, cells, plan, feats, header)
         if spectral_csv is not None:
             key = cells[i_idx].strip()
@@ -157,8 +161,8 @@ def convert_ims_tables(raw_csv, spectral_csv=None, *, test: int = 1) -> Iterator
             s_row, s_cells = spectral[key]
             _values(sp, s_row, s_cells, s_plan, feats, s_header)
         source = f"{raw.name}:row {row} ({cells[i_name].strip()})"
-        for (bearing, channel), features in feats.items():  # table order
-            yield FeatureRecord(f"ims{test}-{bearing}", channel, t, features, RPM, source)
+        for channel, features in feats.items():  # table order
+            yield FeatureRecord(f"ims{test}", channel, t, features, RPM, source)
 
 
 def write_ims_feature_stream(

@@ -192,7 +192,7 @@ def summary_lines(f: Facts) -> list[str]:
 def png_name(machine: str) -> str:
     """A safe file name for a machine's plot.
 
-    >>> png_name("ims1-bearing3"), png_name("../line b/p7")
-    ('ims1-bearing3.png', '_line_b_p7.png')
+    >>> png_name("ims1"), png_name("../line b/p7")
+    ('ims1.png', '_line_b_p7.png')
     """
     return (re.sub(r"[^A-Za-z0-9_.-]", "_", machine).lstrip(".") or "machine") + ".png"

@@ -76,10 +76,11 @@ class Pipeline:
         verdict = detector.process(record.features, rpm=record.rpm, t_s=record.start_s,
                                    may_learn=alerter.state == "normal", may_train=may_train)
         model = detector.models.get(verdict.regime)
-        reference = model.reference if model is not None and model.fitted else {}
+        fitted = model is not None and model.fitted
         version = f"{__version__}+g{detector.generation}.u{detector.updates}"
-        alert = alerter.update(record.channel, verdict, record, reference, version,
-                               detector.generation)
+        alert = alerter.update(record.channel, verdict, record, model.reference if fitted else {},
+                               version, detector.generation,
+                               spread=model.reference_spread if fitted else None)
         state = (verdict.phase if verdict.phase != "monitoring"
                  else alerter.channel_state(record.channel).state)
         out = {"kind": "verdict", "machine": record.machine, "channel": record.channel,
@@ -91,6 +92,12 @@ class Pipeline:
         out["phase"], out["baseline_progress"] = verdict.phase, round(verdict.baseline_progress, 3)
         out["alarm_threshold"] = verdict.alarm_threshold
         return out, alert
+
+    def baseline_coverage(self, machine: str) -> dict[str, dict[str, dict]]:
+        """What each baseline of ``machine`` covered (so far): ``{channel: {regime: coverage}}``
+        with ``complete`` and ``progress`` (see :meth:`RegimeModel.baseline_coverage`)."""
+        return {channel: {regime: model.baseline_coverage() for regime, model in det.models.items()}
+                for (m, channel), det in self.detectors.items() if m == machine}
 
     def rebaseline(self, machine: str) -> int:
         """Restart learning for every channel of ``machine``; returns how many channels."""

@@ -83,6 +83,8 @@ RANGES: dict[str, dict[str, Range]] = {
              "max_rpm": POSITIVE},
     "DetectorConfig": {
         "baseline_windows": _r(10, 1_000_000), "baseline_s": POSITIVE,
+        "baseline_running_s": NON_NEGATIVE, "sparse_span_s": POSITIVE,
+        "trend_min_windows": AT_LEAST_1,
         "min_baseline_windows": _r(4), "stopped_rms_g": NON_NEGATIVE,
         "stopped_fraction": _r(0, 1, hi_open=True), "stopped_rpm": NON_NEGATIVE,
         "regime_tolerance": _r(0, 1, lo_open=True, hi_open=True), "max_regimes": _r(1, 64),
@@ -98,7 +100,8 @@ RANGES: dict[str, dict[str, Range]] = {
     "AlertPolicy": {"persistence_k": AT_LEAST_1, "persistence_n": _r(1, 1000),
                   "clear_windows": AT_LEAST_1, "clear_ratio": OPEN_FRACTION,
                   "cooldown_s": NON_NEGATIVE, "cooldown_max_alerts": AT_LEAST_1,
-                  "top_features": _r(1, 20), "fault_line_ratio": _r(1)},
+                  "top_features": _r(1, 20), "fault_line_ratio": _r(1, lo_open=True),
+                  "alarm_ratio": _r(1, lo_open=True), "alarm_z": NON_NEGATIVE},
     "ResourcesConfig": {"queue_frames": AT_LEAST_1, "learn_budget": OPEN_FRACTION,
                       "max_lag_s": POSITIVE, "status_every_s": POSITIVE, "workers": _r(1, 256),
                       "max_channels_per_machine": _r(1, 4096), "max_unknown_machines": NON_NEGATIVE},

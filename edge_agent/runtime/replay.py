@@ -11,6 +11,7 @@ from edge_agent.errors import UsageError
 from edge_agent.runtime.alerts import AlertPolicy
 from edge_agent.jsonl import dumps
 from edge_agent.models.detector import DetectorConfig
+from edge_agent.models.collection import coverage_text
 from edge_agent.runtime.pipeline import Pipeline
 from edge_agent.runtime.windowing import MIN_WINDOW_SAMPLES
 
@@ -20,9 +21,8 @@ class ReplaySummary:
     windows: Counter = field(default_factory=Counter)  # per machine
     states: dict = field(default_factory=dict)  # machine -> Counter of verdict states
     rejected: dict = field(default_factory=dict)  # machine -> Counter of rejection reasons
-    latest: dict = field(default_factory=dict)  # (machine, channel) -> last accepted verdict
-    accepted: Counter = field(default_factory=Counter)  # (machine, channel) -> windows
     alerts: list = field(default_factory=list)
+    baselines: dict = field(default_factory=dict)  # machine -> channel -> regime -> coverage
 
     def add(self, verdict: dict, alert: dict | None) -> None:
         machine = verdict["machine"]
@@ -30,9 +30,6 @@ class ReplaySummary:
         self.states.setdefault(machine, Counter())[verdict["state"]] += 1
         if verdict["state"] == "rejected":
             self.rejected.setdefault(machine, Counter())[verdict["reason"]] += 1
-        else:
-            self.latest[(machine, verdict["channel"])] = verdict
-            self.accepted[(machine, verdict["channel"])] += 1
         if alert is not None:
             self.alerts.append(alert)
 
@@ -48,12 +45,12 @@ class ReplaySummary:
             if machine in self.rejected:
                 reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.rejected[machine].items()))
                 out.append(f"  rejected windows (never scored nor learned): {reasons}")
-            for (m, channel), verdict in sorted(self.latest.items()):
-                if m == machine and verdict.get("phase") == "baselining":
-                    out.append(f"  {channel}: still learning its baseline when the recording "
-                               f"ended ({verdict['baseline_progress']:.0%} of it after "
-                               f"{self.accepted[(m, channel)]} windows): never monitored; give "
-                               f"a longer recording or a shorter baseline")
+            for channel, regimes in sorted(self.baselines.get(machine, {}).items()):
+                for regime, c in regimes.items():
+                    unfinished = ("; never monitored: give a longer recording or a shorter "
+                                  "baseline" if c.get("complete") is False else "")
+                    out.append(f"  baseline {channel}{'' if regime == 'any' else ' ' + regime}: "
+                               f"{coverage_text(c)}{unfinished}")
         return out
 
     @property
@@ -63,8 +60,8 @@ class ReplaySummary:
 
 def detector_config(args) -> DetectorConfig:
     config = DetectorConfig()
-    if getattr(args, "baseline_windows", None):
-        config = replace(config, baseline_windows=args.baseline_windows,
+    if getattr(args, "baseline_windows", None):  # the count given, whatever the cadence
+        config = replace(config, baseline_windows=args.baseline_windows, baseline_running_s=0.0,
                          min_baseline_windows=min(config.min_baseline_windows,
                                                   args.baseline_windows))
     if getattr(args, "baseline_s", None):
@@ -84,6 +81,7 @@ def run_replay(options, pipeline: Pipeline, on_verdict=None, on_alert=None) -> R
             on_verdict(verdict)
         if alert is not None and on_alert:
             on_alert(alert)
+    summary.baselines = {m: pipeline.baseline_coverage(m) for m in summary.windows}
     return summary
 
 

@@ -53,7 +53,10 @@ from edge_agent.errors import StorageError, UsageError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: HMAC-SHA256 under a key outside the state directory (1: SHA-256 only)
+#: 3: evidence, episodes and baseline coverage in the learned state; 2: HMAC-SHA256 under a
+#: key outside the state directory; 1: SHA-256 only. Another format is quarantined, and that
+#: machine learns its baseline again.
+FORMAT = 3
 MAGIC = b"edge-agent-checkpoint"
 KEY_NAME = "checkpoint-key"  # the systemd credential's name ($CREDENTIALS_DIRECTORY/…)
 ENTRY_RE = re.compile(r"[a-z0-9_.-]+\.[0-9]+\.ckpt\Z")

@@ -92,8 +92,13 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
                    score: float | None = None, threshold: float | None = None,
                    alarm_threshold: float | None = None, regime: str | None = None,
                    last_window_s: float | None = None, windows: int | None = None,
-                   sensor_health: str = "no_data", rejected: Mapping[str, int] | None = None) -> dict:
-    """One entry of a machine status's ``channels`` (see the schema for each field)."""
+                   sensor_health: str = "no_data", rejected: Mapping[str, int] | None = None,
+                   baseline: Mapping | None = None) -> dict:
+    """One entry of a machine status's ``channels`` (see the schema for each field).
+
+    ``baseline`` is what the current regime's baseline covered
+    (:meth:`edge_agent.models.detector.RegimeModel.baseline_coverage`).
+    """
     from edge_agent.frame import iso_time
 
     entry = {"phase": phase, "state": state,
@@ -105,6 +110,11 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
              "rejected": {k: int(v) for k, v in (rejected or {}).items() if v}}
     if windows is not None:
         entry["windows"] = int(windows)
+    if baseline is not None and baseline.get("from_s") is not None:
+        entry["baseline"] = {"from": iso_time(baseline["from_s"]), "to": iso_time(baseline["to_s"]),
+                             "windows": int(baseline["windows"]),
+                             "running_h": float(baseline["running_h"]),
+                             "complete": bool(baseline.get("complete", True))}
     return entry
 
 

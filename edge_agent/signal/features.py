@@ -172,8 +172,8 @@ _UNIT_SUFFIXES = (("_g2_hz", "g²/Hz"), ("_mm_s", "mm/s"), ("_g2", "g²"), ("_hz
 _LABELS = {
     "rms_g": "RMS", "peak_g": "peak", "peak_to_peak_g": "peak-to-peak", "mean_g": "DC offset",
     "crest_factor": "crest factor", "kurtosis": "kurtosis", "skewness": "skewness",
-    "sustained_rms_g": "RMS", "sustained_kurtosis": "kurtosis",
-    "sustained_crest_factor": "crest factor", "velocity_rms_mm_s": "velocity RMS",
+    "sustained_rms_g": "sustained RMS", "sustained_kurtosis": "sustained kurtosis",
+    "sustained_crest_factor": "sustained crest factor", "velocity_rms_mm_s": "velocity RMS",
     "spectral_centroid_hz": "spectral centroid", "dominant_hz": "dominant frequency",
     "env_rms_g": "envelope RMS", "env_mean_g": "envelope level",
     "env_kurtosis": "envelope kurtosis", "env_peak_hz": "envelope peak",
