@@ -118,3 +118,14 @@ def test_a_live_frame_whose_time_goes_back_is_refused_and_counted(tmp_path):
     assert agent.rejections.counts("m1", "x") == {"time_goes_back": 1}
     assert agent.indices[("m1", "x")] == 7 and agent.stats["windows"] == 6
     assert agent.channel_view[("m1", "x")]["start_s"] == frames[-1].start_s
+
+
+def test_a_feature_stream_with_nothing_to_watch_is_rejected_and_said(tmp_path):
+    rows = "\n".join(f"2024-05-01T12:{m:02d}:00Z,0.0{m % 7},{50 + m}" for m in range(30))
+    (tmp_path / "probe.csv").write_text("# edge-agent feature-stream v1\n"
+                                        "ts,pump/de/mean_g,pump/de/dominant_hz\n" + rows + "\n")
+    out = no_traceback(edge_agent("replay", tmp_path / "probe.csv", check=False))
+    assert out.returncode == 2
+    assert "rejected windows (never scored nor learned): no_features 30" in out.stdout
+    assert "no feature to watch among ['dominant_hz', 'mean_g']" in out.stderr
+    assert "name some in [learning] features" in out.stderr

@@ -169,3 +169,19 @@ def test_the_readme_alert_example_is_what_replay_writes():
             assert value == [f for f in alert[key] if name(f) in {name(v) for v in value}]
         else:
             assert alert[key] == value, key
+
+
+def test_replay_the_ims_mean_abs_table(tmp_path):
+    """README: DatasetBearingTest_1.csv is read as the rig's feature stream (its first day and
+    a half here: a day of baseline, then monitored)."""
+    from tests.conftest import shared
+
+    lines = shared("ims", "aggregated", "DatasetBearingTest_1.csv").read_text().splitlines()
+    copy = tmp_path / "DatasetBearingTest_1.csv"
+    copy.write_text("\n".join(lines[:301]) + "\n")
+    out = edge_agent("replay", copy, "--jsonl", "-")
+    verdicts = json_lines(out.stdout)
+    assert {v["machine"] for v in verdicts} == {"ims1"} and len(verdicts) == 300 * 8
+    assert {v["phase"] for v in verdicts[-8:]} == {"monitoring"}
+    assert "baseline bearing1-x 2000rpm: 2003-10-22 12:06 to 2003-10-29 16:39, 169 windows" \
+        in out.stderr

@@ -30,6 +30,7 @@ from edge_agent.readers import (
     write_feature_stream,
     write_ims_feature_stream,
 )
+from edge_agent.readers._common import utc_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
@@ -689,3 +690,27 @@ def test_import_does_not_load_scipy_signal():
     code = "import sys, edge_agent.readers; print('scipy.signal' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@needs_shared
+def test_ims_mean_abs_table_is_the_same_rig_and_channels():
+    """DatasetBearingTest_1.csv: mean |x| per bearing and axis, the rig one machine."""
+    path = SHARED / "ims" / "aggregated" / "DatasetBearingTest_1.csv"
+    assert recording_kind(path) == "ims-mean-abs"
+    records = list(read_recording(path))
+    assert len(records) == 2156 * 8
+    assert {r.machine for r in records} == {"ims1"}
+    assert [r.channel for r in records[:8]] == [f"bearing{k}-{a}" for k in (1, 2, 3, 4)
+                                                for a in "xy"]
+    first = records[0]
+    assert first.features == {"mean_abs_dc_g": pytest.approx(0.10414384765625)}
+    assert first.rpm == 2000.0 and first.source == "DatasetBearingTest_1.csv:row 2"
+    assert first.start_s == utc_seconds("2003-10-22 12:06:24")
+
+
+def test_ims_mean_abs_table_errors(tmp_path):
+    bad = tmp_path / "DatasetBearingTest_1.csv"
+    bad.write_text(",Bearing 1x,Pump\n2003-10-22 12:06:24,0.1,0.2\n")
+    expect_error(bad, "column 'Pump' is not 'Bearing <k>x'")
+    bad.write_text(",Bearing 1x\nyesterday,0.1\n")
+    expect_error(bad, "row 2: time 'yesterday' is not a date-time")

@@ -83,9 +83,15 @@ class IncrementalAutoencoder:
 
     def _train(self, Z, epochs):
         self.mlp_.batch_size = min(self.batch_size, len(Z))  # partial_fit uses it as given
+        import warnings
+
+        from sklearn.exceptions import DataConversionWarning
+
         for _ in range(epochs):
             Z = Z[self._rng.permutation(len(Z))]
-            self.mlp_.partial_fit(Z, Z)
+            with warnings.catch_warnings():  # one feature: y is a column, which is meant
+                warnings.simplefilter("ignore", DataConversionWarning)
+                self.mlp_.partial_fit(Z, Z)
         # scikit-learn appends to loss_curve_ at every call: months of updates would
         # grow it without bound
         del self.mlp_.loss_curve_[:-100]
@@ -95,7 +101,7 @@ class IncrementalAutoencoder:
         """Learn the baseline windows and seed the replay reservoir with them."""
         import warnings
 
-        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
         from sklearn.neural_network import MLPRegressor
 
         Z = self._prepare(Z)
@@ -109,6 +115,7 @@ class IncrementalAutoencoder:
                                  random_state=self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", DataConversionWarning)  # one feature: y a column
             self.mlp_.fit(Z, Z)
         self._serving = None
         keep = self._rng.permutation(len(Z))[: self.replay_capacity // 2]
@@ -185,4 +192,4 @@ class IncrementalAutoencoder:
     def score_sklearn(self, Z) -> np.ndarray:
         """The same error computed by scikit-learn (for the parity test and benchmark)."""
         Z = self._prepare(Z)
-        return np.mean((self.mlp_.predict(Z) - Z) ** 2, axis=1)
+        return np.mean((self.mlp_.predict(Z).reshape(Z.shape) - Z) ** 2, axis=1)

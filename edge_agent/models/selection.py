@@ -5,7 +5,10 @@ trends, in their shock-robust form: sustained level, impulsiveness and crest,
 ISO velocity, band levels, and the bearing defect lines relative to the envelope
 floor. Feature streams from other sources are watched on every numeric feature
 except those that describe the sensor or the speed rather than the machine's
-health (DC offset, frequencies, zones).
+health (DC offset, frequencies, zones). A stream that has nothing else (IMS's
+``DatasetBearingTest_1.csv`` sends mean |x| with the DC offset in) is watched on
+its DC-inclusive levels: a level that drifts with the offset is a poorer
+indicator than none only when there is a better one.
 
 Level, energy and impulsiveness features are *health indicators*: damage raises
 them, so only a rise counts ("up"). Everything else counts in both directions.
@@ -49,6 +52,14 @@ def _matches(name, patterns):
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+#: DC-inclusive levels, watched only when a stream has nothing better (see above).
+DC_LEVELS = ("*_dc_g", "*_dc_g2", "*_factor_dc")
+
+
+class NoFeatures(ValueError):
+    """A window has no feature the learners could watch; the message says which it has."""
+
+
 def select_features(names, configured=None) -> tuple[list[str], list[str]]:
     """Watched feature names (sorted) and their directions.
 
@@ -58,15 +69,28 @@ def select_features(names, configured=None) -> tuple[list[str], list[str]]:
         Numeric features available in the first window.
     configured : iterable of str, optional
         Names or glob patterns chosen by the user; default as described above.
+
+    Raises
+    ------
+    NoFeatures
+        Nothing to watch: none configured matches, or none of ``names`` is a health
+        indicator.
+
+    >>> select_features(["mean_abs_dc_g", "mean_g"])
+    (['mean_abs_dc_g'], ['up'])
     """
     names = sorted(set(names))
     if configured:
         chosen = [n for n in names if _matches(n, configured)]
         if not chosen:
-            raise ValueError(f"none of the configured features {list(configured)} is among "
+            raise NoFeatures(f"none of the configured features {list(configured)} is among "
                              f"the available ones: {names}")
     elif "sustained_rms_g" in names:
         chosen = [n for n in names if _matches(n, WAVEFORM_DEFAULTS)]
     else:
-        chosen = [n for n in names if _matches(n, INCLUDED) or not _matches(n, EXCLUDED)]
+        chosen = ([n for n in names if _matches(n, INCLUDED) or not _matches(n, EXCLUDED)]
+                  or [n for n in names if _matches(n, DC_LEVELS)])
+    if not chosen:
+        raise NoFeatures(f"no feature to watch among {names}: they describe the sensor or the "
+                         f"speed, not the machine's health; name some in [learning] features")
     return chosen, [direction(n) for n in chosen]

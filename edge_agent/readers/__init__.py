@@ -18,6 +18,8 @@ kind                recognised by                                yields
                     line, or a ``ts`` + ``a/b/c`` header         (:mod:`.feature_stream`)
 ``ims-table``       IMS ``test{N}_raw.csv`` aggregated table     FeatureRecord
                                                                  (:mod:`.ims_tables`)
+``ims-mean-abs``    IMS ``DatasetBearingTest_{N}.csv`` (mean     FeatureRecord
+                    |x| per channel), header ``,Bearing 1x,…``   (:mod:`.ims_tables`)
 ==================  ===========================================  =======================
 
 A file without a known suffix is recognised by its first bytes (NumPy,
@@ -46,7 +48,13 @@ from edge_agent.readers.ims import (
     read_ims_npz,
     read_ims_snapshot,
 )
-from edge_agent.readers.ims_tables import convert_ims_tables, write_ims_feature_stream
+from edge_agent.readers.ims_tables import (
+    MEAN_ABS_HEADER,
+    MEAN_ABS_NAME_RE,
+    convert_ims_tables,
+    read_ims_mean_abs_table,
+    write_ims_feature_stream,
+)
 from edge_agent.readers.waveform import read_csv_waveform, read_npy, read_npz_waveform, read_wav
 
 __all__ = [
@@ -122,6 +130,8 @@ def recording_kind(path) -> str:
         first = _first_line(p)
         if first.startswith(_IMS_RAW_HEADER):
             return "ims-table"
+        if first.startswith(MEAN_ABS_HEADER):
+            return "ims-mean-abs"
         if first.startswith("file_index,Bearing"):
             raise RecordingError(
                 path, "an IMS spectral table: read its test<N>_raw.csv, which joins it"
@@ -188,6 +198,9 @@ def read_recording(
         raise RecordingError(path, f"fs_hz does not apply to a {kind} (features, not samples)")
     if kind == "feature-stream":
         return read_feature_stream(path)
+    if kind == "ims-mean-abs":
+        m = MEAN_ABS_NAME_RE.search(Path(path).name)
+        return read_ims_mean_abs_table(path, test=int(m.group(1)) if m else 1)
     # ims-table: test number from the name, spectral table joined when beside it
     m = _IMS_TEST_RE.search(Path(path).name)
     if not m:

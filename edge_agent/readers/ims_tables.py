@@ -10,6 +10,11 @@ channel, ``bearing{k}-x`` (``_ch1``) and ``bearing{k}-y`` (``_ch2``, test 1
 only), at the time in the ``timestamp`` column (taken as UTC) and at the
 rig's 2000 rpm.
 
+``DatasetBearingTest_{N}.csv`` (:func:`read_ims_mean_abs_table`) holds one
+mean |x| per channel and snapshot, indexed by time, columns ``Bearing {k}x``/``y``:
+the same machine and channels, one feature, ``mean_abs_dc_g`` (mean |x| of the raw
+signal, its DC offset included).
+
 Names follow edge-agent's features only where the meaning is the same; the
 table in ``docs/feature-stream.md`` gives the reasons. In short: the tables'
 ``_std`` (population standard deviation) is edge-agent's ``rms_g`` (AC RMS);
@@ -163,6 +168,62 @@ def convert_ims_tables(raw_csv, spectral_csv=None, *, test: int = 1) -> Iterator
         source = f"{raw.name}:row {row} ({cells[i_name].strip()})"
         for channel, features in feats.items():  # table order
             yield FeatureRecord(f"ims{test}", channel, t, features, RPM, source)
+
+
+_MEAN_ABS_COLUMN_RE = re.compile(r"Bearing (\d+)([xy])\Z")
+MEAN_ABS_HEADER = ",Bearing 1x"  # how a DatasetBearingTest_N.csv starts
+MEAN_ABS_NAME_RE = re.compile(r"DatasetBearingTest_(\d)", re.IGNORECASE)
+
+
+def read_ims_mean_abs_table(path, *, test: int = 1) -> Iterator[FeatureRecord]:
+    """Yield feature records from an IMS ``DatasetBearingTest_{N}.csv`` table.
+
+    The first column (unnamed) is the snapshot time (``2003-10-22 12:06:24``, taken as
+    UTC), the others ``Bearing {k}x`` or ``Bearing {k}y`` hold mean |x| in g. Each row
+    gives machine ``ims{test}`` one record per channel ``bearing{k}-{x|y}`` with the
+    feature ``mean_abs_dc_g``; ``source`` is ``"DatasetBearingTest_1.csv:row N"``.
+    """
+    path = Path(path)
+    if test not in (1, 2, 3):
+        raise RecordingError(path, f"IMS test must be 1, 2 or 3, not {test!r}")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RecordingError(path, f"cannot read as CSV ({exc})") from None
+    if not rows or rows[0][:1] != [""]:
+        raise RecordingError(path, "expected a header ',Bearing 1x,…' (time, then one column "
+                                   "per bearing and axis)")
+    channels = []
+    for name in rows[0][1:]:
+        m = _MEAN_ABS_COLUMN_RE.match(name.strip())
+        if not m:
+            raise RecordingError(path, f"column {name!r} is not 'Bearing <k>x' or 'Bearing <k>y'")
+        channels.append(f"bearing{m.group(1)}-{m.group(2)}")
+    return _mean_abs_records(path, rows, channels, test)
+
+
+def _mean_abs_records(path: Path, rows, channels, test) -> Iterator[FeatureRecord]:
+    for row, cells in enumerate(rows[1:], start=2):
+        if not cells:
+            continue
+        if len(cells) != len(channels) + 1:
+            raise RecordingError(path, f"row {row} has {len(cells)} cells, expected "
+                                       f"{len(channels) + 1}")
+        try:
+            t = utc_seconds(cells[0].strip())
+        except ValueError:
+            raise RecordingError(path, f"row {row}: time {cells[0]!r} is not a date-time") from None
+        for channel, cell in zip(channels, cells[1:]):
+            if not cell.strip():
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise RecordingError(path, f"row {row}, {channel}: {cell[:20]!r} is not a "
+                                           f"number") from None
+            yield FeatureRecord(f"ims{test}", channel, t, {"mean_abs_dc_g": value}, RPM,
+                                f"{path.name}:row {row}")
 
 
 def write_ims_feature_stream(

@@ -9,6 +9,7 @@ from edge_agent import __version__
 from edge_agent.runtime.alerts import AlertPolicy, MachineAlerter
 from edge_agent.frame import FeatureRecord, iso_time
 from edge_agent.models.detector import ChannelDetector, DetectorConfig
+from edge_agent.models.selection import NoFeatures
 
 
 class Pipeline:
@@ -64,17 +65,18 @@ class Pipeline:
                              detail=f"starts at {iso_time(record.start_s)}, before the previous "
                                     f"window ({iso_time(previous)})")
         if record.rejected is not None:
-            return {"kind": "verdict", "machine": record.machine, "channel": record.channel,
-                    "index": index, "ts": iso_time(record.start_s), "source": record.source,
-                    "state": "rejected", "reason": record.rejected, "detail": record.detail,
-                    "learned": False}, None
-        self.last_start_s[key] = record.start_s
+            return self._rejected(record, index), None
         detector = self.detector(record.machine, record.channel)
         alerter = self.alerter(record.machine)
         # No channel of a machine learns while the machine is in warning or alarm:
         # its other channels may carry the same fault, more faintly.
-        verdict = detector.process(record.features, rpm=record.rpm, t_s=record.start_s,
-                                   may_learn=alerter.state == "normal", may_train=may_train)
+        try:
+            verdict = detector.process(record.features, rpm=record.rpm, t_s=record.start_s,
+                                       may_learn=alerter.state == "normal", may_train=may_train)
+        except NoFeatures as exc:
+            return self._rejected(replace(record, rejected="no_features", detail=str(exc)),
+                                  index), None
+        self.last_start_s[key] = record.start_s
         model = detector.models.get(verdict.regime)
         fitted = model is not None and model.fitted
         version = f"{__version__}+g{detector.generation}.u{detector.updates}"
@@ -92,6 +94,13 @@ class Pipeline:
         out["phase"], out["baseline_progress"] = verdict.phase, round(verdict.baseline_progress, 3)
         out["alarm_threshold"] = verdict.alarm_threshold
         return out, alert
+
+    @staticmethod
+    def _rejected(record: FeatureRecord, index: int) -> dict:
+        return {"kind": "verdict", "machine": record.machine, "channel": record.channel,
+                "index": index, "ts": iso_time(record.start_s), "source": record.source,
+                "state": "rejected", "reason": record.rejected, "detail": record.detail,
+                "learned": False}
 
     def baseline_coverage(self, machine: str) -> dict[str, dict[str, dict]]:
         """What each baseline of ``machine`` covered (so far): ``{channel: {regime: coverage}}``
