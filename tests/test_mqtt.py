@@ -32,6 +32,14 @@ from tests.test_schema import make_alert
 
 
 # -- fixtures and helpers --------------------------------------------------------------------------
+def wait_until(predicate, timeout_s: float):
+    """Poll ``predicate`` until it is true (returned) or ``timeout_s`` passes (falsy)."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := predicate()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return result
+
+
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     with Broker(tmp_path_factory.mktemp("mosquitto")) as b:
@@ -250,8 +258,15 @@ def test_clean_close_publishes_offline_and_no_will(broker, agents, collectors):
     msgs = sub.wait_for(lambda ms: len(ms) == 2)
     doc = validate("agent-status", msgs[-1].payload)
     assert doc["status"] == "offline" and doc["reason"] == "shutdown"
-    time.sleep(0.3)
-    assert len(sub.on(pub.status_topic)) == 2  # the Last Will was not sent as well
+    # A marker on the same topic, sent after the close: a Last Will would come before it.
+    marker = make_client(settings(broker), "marker")
+    marker.connect(broker.host, broker.port)
+    marker.loop_start()
+    marker.publish(pub.status_topic, b'{"marker": true}', qos=1).wait_for_publish(5)
+    marker.disconnect()
+    marker.loop_stop()
+    msgs = sub.wait_for(lambda ms: any(b"marker" in m.payload for m in ms))
+    assert len(msgs) == 3  # online, offline, the marker: the Last Will was not sent as well
 
 
 # -- security --------------------------------------------------------------------------------------
@@ -264,27 +279,32 @@ def test_anonymous_and_wrong_password_are_refused(broker, protocol):
 
 
 def test_publisher_with_wrong_password_backs_off_and_counts(broker, agents):
+    started = time.monotonic()
     pub = agents(broker, agent_id="gw-badpw", password="wrong", wait=False, reconnect_min_s=0.5,
                  reconnect_max_s=1.0)
-    time.sleep(2.0)
+    assert wait_until(lambda: sum(pub.counters()["connect_refused"].values()) >= 2, 30)
+    elapsed = time.monotonic() - started
     refused = pub.counters()["connect_refused"]
-    assert not pub.connected and 1 <= sum(refused.values()) <= 5, refused
+    # backing off (0.5 s, then 1 s between attempts): never more than one attempt per 0.5 s
+    assert not pub.connected and sum(refused.values()) <= 1 + elapsed / 0.5 + 1, (refused, elapsed)
 
 
 def test_publish_outside_the_acl_is_refused_counted_and_not_retried(broker, agents, collectors):
     sub = collectors(broker)
     pub = agents(broker, site="site2", agent_id="gw-1")  # the agent may not write under site2
     pub.publish_alert(make_alert())
-    deadline = time.monotonic() + 5
-    while pub.counters()["dead_lettered"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(1.0)  # would a retry loop show up?
+    assert wait_until(lambda: pub.counters()["dead_lettered"] == 1, 10)
+    # then an alert the ACL allows, through the same connection: once it is acknowledged,
+    # a retry loop of the refused one would have shown in the counters
+    allowed = agents(broker, agent_id="gw-1b")
+    allowed.publish_alert(make_alert())
+    assert allowed.wait_idle(10)
     counters = pub.counters()
     assert counters["refused"] == {"not_authorized": 1} and counters["sent"] == 1
     assert counters["dead_lettered"] == 1 and pub.outbox.depth == 0
     [(msg, reason)] = pub.outbox.dead_letters()
     assert reason == "not_authorized (0x87)" and json.loads(msg.payload)["machine"] == "pump-7"
-    assert not [m for m in sub.messages if m.topic.endswith("/alerts")]
+    assert not [m for m in sub.messages if m.topic.startswith(f"{PREFIX}/site2/")]
     assert pub.outbox.status()["dead_letter"] == 1
 
 
@@ -294,9 +314,14 @@ def test_mqtt311_cannot_report_an_acl_refusal(broker, agents, collectors):
     pub = agents(broker, site="site2", protocol="3.1.1")
     pub.publish_alert(make_alert())
     assert pub.wait_idle(5)
-    time.sleep(0.3)
+    allowed = agents(broker, agent_id="gw-allowed", protocol="3.1.1")  # a marker after it
+    marker = make_alert()
+    marker["id"] = "22222222-2222-4222-8222-222222222222"
+    allowed.publish_alert(marker)
+    sub.wait_for(lambda ms: any(marker["id"].encode() in m.payload for m in ms))
     assert pub.counters()["refused"] == {} and pub.counters()["acked"] == 1
-    assert not [m for m in sub.messages if m.topic.endswith("/alerts")]
+    assert [json.loads(m.payload)["id"] for m in sub.messages if m.topic.endswith("/alerts")] \
+        == [marker["id"]]  # the denied one was dropped in silence
 
 
 def test_tls_with_the_generated_ca_and_a_client_certificate(broker, agents, collectors):
@@ -324,7 +349,7 @@ def test_password_never_appears_in_logs(broker, agents, caplog, tmp_path):
     pub.publish_alert(make_alert())
     assert pub.wait_idle(5)
     bad = agents(broker, password="wrong-" + USERS["agent"], agent_id="gw-logs2", wait=False)
-    time.sleep(0.5)
+    assert wait_until(lambda: bad.counters()["connect_refused"], 30)
     pub.close()
     bad.close(drain_s=0, timeout_s=1)
     assert caplog.records, "expected DEBUG logs from the publisher and paho"
@@ -354,11 +379,11 @@ def test_outbox_delivers_everything_in_order_after_a_broker_outage(own_broker, a
     assert pub.wait_idle(5)
     own_broker.pause()
     send(40)  # handed to the connection, not acknowledged: in flight when the broker goes
-    time.sleep(0.3)
+    assert wait_until(lambda: pub.counters()["sent"] >= 5 + pub.settings.inflight, 30)
     own_broker.stop()
     send(40)  # while the broker is down: each one committed to disk, none acknowledged
-    time.sleep(2.5)
-    assert 40 <= pub.outbox.depth <= 80 and not pub.connected
+    assert wait_until(lambda: not pub.connected, 30)
+    assert 40 <= pub.outbox.depth <= 80
     own_broker.start()
     assert pub.wait_connected(10) and pub.wait_idle(10), own_broker.log()[-3000:]
     msgs = sub.wait_for(lambda ms: len({json.loads(m.payload)["id"] for m in ms}) == 85, 15)
@@ -440,9 +465,11 @@ def test_alerts_command_prints_each_alert_once(broker, agents, tmp_path):
 
     threads = [threading.Thread(target=run, args=("text", [])),
                threading.Thread(target=run, args=("json", ["--json", "--mqtt", "3.1.1"]))]
+    subscribed = broker.log().count("Received SUBSCRIBE from edge-agent-alerts-")
     for t in threads:
         t.start()
-    time.sleep(1.0)  # let both subscribe
+    assert wait_until(lambda: broker.log().count("Received SUBSCRIBE from edge-agent-alerts-")
+                      >= subscribed + 2, 30)  # both subscribed before the first alert
     pub = agents(broker, agent_id="gw-op")
     first, second = make_alert(), make_alert("normal", "alarm")
     second["id"] = "11111111-1111-4111-8111-111111111111"
