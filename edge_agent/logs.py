@@ -65,8 +65,10 @@ class RateLimitedLog:
         self._keys: dict[str, list] = {}  # key -> [last logged at, suppressed since]
         self._lock = threading.Lock()  # MQTT handlers and the processing thread share one
 
-    def log(self, level: int, key: str, msg: str, *, extra: dict | None = None) -> bool:
-        """Log ``msg`` unless ``key`` was logged within ``every_s``; returns whether it was."""
+    def log(self, level: int, key: str, msg: str, *, extra: dict | None = None,
+            exc_info: bool = False) -> bool:
+        """Log ``msg`` unless ``key`` was logged within ``every_s``; returns whether it was.
+        ``exc_info``: with the exception being handled (its traceback in the line)."""
         with self._lock:
             if key not in self._keys and len(self._keys) >= self.max_keys:
                 key = "(other)"
@@ -77,7 +79,7 @@ class RateLimitedLog:
                 return False
             suppressed = entry[1] if entry is not None else 0
             self._keys[key] = [now, 0]
-        self.logger.log(level, msg, extra={**(extra or {}), **(
+        self.logger.log(level, msg, exc_info=exc_info, extra={**(extra or {}), **(
             {"suppressed": suppressed} if suppressed else {})})
         return True
 

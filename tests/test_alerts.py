@@ -4,6 +4,7 @@ an alert says."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
 import uuid
@@ -127,6 +128,19 @@ def test_iso_zone_c_and_a_risen_defect_line_are_evidence_and_zone_b_is_not():
     assert window_evidence({**line, "env_bpfo_ratio": 2.0}, [], REFERENCE, SPREAD, policy) == []
     alerts, _, docs = feed([9.0] * 6, zone("D", 8.0))
     assert alerts == [(2, "alarm")] and docs[0]["evidence"][0]["zone"] == "D"
+
+
+def test_a_machine_that_runs_in_zone_c_as_commissioned_is_not_paged(caplog):
+    """The zone says how bad a level is, not that it changed: evidence only in windows the
+    learners find anomalous; the machine's zone is logged once."""
+    caplog.set_level(logging.WARNING, logger="edge_agent.runtime.alerts")
+    steady = {"iso_zone": "C", "velocity_rms_mm_s": 3.1}
+    alerts, _, _ = feed([0.5] * 12, steady)  # calm learners, zone C from the start
+    assert alerts == []
+    said = [r for r in caplog.records if getattr(r, "event", "") == "baseline_zone"]
+    assert len(said) == 1 and said[0].zone == "C"
+    alerts, _, docs = feed([0.5] * 3 + [9.0] * 6, steady)  # then it changes: an alarm
+    assert alerts == [(5, "alarm")] and docs[0]["evidence"][0]["kind"] == "iso_zone"
 
 
 def test_hysteresis_a_score_hovering_at_the_threshold_does_not_flap():

@@ -129,3 +129,22 @@ def test_a_feature_stream_with_nothing_to_watch_is_rejected_and_said(tmp_path):
     assert "rejected windows (never scored nor learned): no_features 30" in out.stdout
     assert "no feature to watch among ['dominant_hz', 'mean_g']" in out.stderr
     assert "name some in [learning] features" in out.stderr
+
+
+def test_a_frame_stamped_ahead_does_not_blind_its_channel_and_a_repeat_is_not_scored_twice(
+        tmp_path):
+    config = AgentConfig(id="gw", state_dir=tmp_path, limits=Limits(),
+                         machines=(MachineConfig(id="m1"),))
+    agent = Agent(config)
+    t0 = 1.7e9
+    frames = [Frame("m1", "x", t0 + 10 * k, 25600.0, noise(2560, k), 1800.0, "mqtt")
+              for k in range(12)]
+    ahead = Frame("m1", "x", t0 + 30 * 86400, 25600.0, noise(2560, 99), 1800.0, "mqtt:ahead")
+    for frame in frames[:4] + [frames[3], ahead] + frames[4:]:  # a redelivery, then the glitch
+        agent.submit(frame)
+    agent.run(threading.Event(), exit_when_done=True)
+    # the repeat is refused once; two windows after the glitch are refused, then the channel
+    # takes its clock from the frames again and every later one is scored
+    assert agent.rejections.counts("m1", "x") == {"duplicate": 1, "time_goes_back": 2}
+    assert agent.channel_view[("m1", "x")]["start_s"] == frames[-1].start_s
+    assert agent.stats["windows"] == 4 + 1 + 6

@@ -456,3 +456,39 @@ def test_only_machines_it_handles_take_a_rebaseline_command(tmp_path):
     agent.run(threading.Event(), ReplaySource([recording]), exit_when_done=True)
     assert agent.known("cwru") and not agent.known("pump-9")
     assert make_agent(tmp_path / "b").known("pump-7")  # configured
+
+
+def test_junk_on_new_channel_names_takes_no_slot_from_a_real_sensor(tmp_path):
+    """A machine without a channel list takes its first channels as they come; messages
+    refused on new names are counted for the agent and take none of those places."""
+    from edge_agent.runtime.config import ResourcesConfig
+
+    config = parse_config(CONFIG.format(state=tmp_path / "state").replace(
+        'channels = [{ name = "de", fs_hz = 48000.0, clip_g = 8.0 }, "fe"]\n', ""))
+    agent = Agent(replace(config, resources=ResourcesConfig(max_channels_per_machine=4)))
+    assert config.machine("pump-7").channels == ()
+    for k in range(64):
+        ingest_message(agent, f"plant/site1/line-a/pump-7/junk{k}/raw", b"\x00\x01")
+    ingest_message(agent, TOPIC, encode_raw(frame(1.7e9)))
+    assert len(agent._inbox) == 1  # the real sensor's frame got through
+    refused = agent.rejections.refused_summary()
+    assert refused["bad_magic"]["count"] == 64 and len(refused["bad_magic"]["examples"]) == 5
+    assert agent.rejections.counts("pump-7", "de") == {} and \
+        agent.rejections.health("pump-7", "de") == "ok"
+
+
+def test_a_machine_whose_windows_fail_does_not_starve_the_others(tmp_path, monkeypatch):
+    agent = two_machine_agent(tmp_path)
+    real = agent.pipeline.process
+
+    def failing(record, index, **kw):  # a bug that hits one machine's every window
+        if record.machine == "fan-2":
+            raise RuntimeError("boom")
+        return real(record, index, **kw)
+
+    monkeypatch.setattr(agent.pipeline, "process", failing)
+    learn_two_machines(agent)
+    assert fitted(agent, "pump-7") and not fitted(agent, "fan-2")
+    clean = learn_two_machines(two_machine_agent(tmp_path / "clean"))
+    # each of fan-2's windows is counted as an error, pump-7's are all processed
+    assert agent.stats["processing_errors"] == clean.stats["windows"] - agent.stats["windows"] > 0

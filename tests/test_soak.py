@@ -22,7 +22,7 @@ def test_64_channels_in_real_time_memory_stays_flat(tmp_path):
     report = result.report()
     print(report)
     assert result.exit_code == 0, report
-    assert abs(result.traced_growth) <= 0.05, report
+    assert result.traced_growth <= 0.05, report  # a leak grows; a shrink is churn
     status = result.status["processing"]
     assert status["dropped_frames"] == 0, report
     assert status["windows"] >= 0.95 * result.sent, report

@@ -339,6 +339,13 @@ class ChannelDetector:
             model = self.models[regime] = RegimeModel(self.names, self.directions, self.config)
         restarted = gap is not None and gap > self.config.restart_gap_s
         if not model.fitted:
+            if not may_learn:
+                # The machine is in warning or alarm (a restart that lost this channel's
+                # checkpoint, a new regime mid-episode): what runs now may be the fault, and
+                # a baseline learned from it would call the fault normal. Held until the
+                # episode ends or an operator orders a re-baseline.
+                model.collection.pause()
+                return Verdict("baselining", model.progress(), regime, learned=False)
             # A complete baseline waits for its fit while updates are deferred; it keeps
             # collecting meanwhile (bounded: see models.collection).
             model.collect(x, {k: v for k, v in features.items()
@@ -351,6 +358,9 @@ class ChannelDetector:
         if restarted and may_learn:
             model.settling = []
         if model.settling is not None:
+            if not may_learn:  # as above: no re-centring on what may be the fault
+                return Verdict("baselining", len(model.settling) / self.config.settle_windows,
+                               regime, learned=False)
             return Verdict("baselining", model.settle(x), regime, learned=True)
         z, raw, surprise, combined = model.score(x)
         threshold = model.threshold.threshold_

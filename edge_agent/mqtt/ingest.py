@@ -226,37 +226,3 @@ def _timestamp(value) -> float:
         return float(value)
     except OverflowError:
         raise PayloadError("bad_timestamp", "ts is too large") from None
-
-
-def decode_message(topics, topic: str, payload: bytes, *, limits: Limits = DEFAULT_LIMITS,
-                   counter=None,
-                   now_s: float | None = None) -> Frame | FeatureRecord | None:
-    """Decode a message received on a ``raw`` or ``features`` topic, counting the outcome.
-
-    ``topics`` is the agent's :class:`edge_agent.mqtt.topics.Topics`, ``counter`` a
-    :class:`edge_agent.runtime.sensor_health.RejectionCounter`. Returns
-    ``None`` when the message is refused; the refusal is then in ``counter``
-    (a topic that does not parse counts as ``bad_topic`` for the agent).
-    """
-    from edge_agent.mqtt.topics import TopicError
-
-    try:
-        ref = topics.parse(topic)
-        if ref.kind not in ("raw", "features"):
-            raise TopicError(f"{topic!r} carries no sensor data")
-    except TopicError as exc:
-        if counter is not None:
-            counter.rejected_topic(str(exc))
-        return None
-    decode = decode_raw if ref.kind == "raw" else decode_features
-    try:
-        out = decode(payload, ref.machine, ref.channel, limits=limits, source=f"mqtt:{topic}",
-                     now_s=now_s)
-    except PayloadError as exc:
-        if counter is not None:
-            counter.rejected(ref.machine, ref.channel, exc.reason, exc.detail)
-        return None
-    if counter is not None:
-        counter.accepted(ref.machine, ref.channel)
-    return out
-

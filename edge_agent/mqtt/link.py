@@ -206,7 +206,8 @@ def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:
             regime=view.get("regime"), last_window_s=view.get("start_s"),
             windows=agent.indices.get((machine, channel)),
             sensor_health=sensor["sensor_health"], rejected=sensor["rejected"],
-            baseline=baselines.get(channel, {}).get(view.get("regime", "any")))
+            baseline=baselines.get(channel, {}).get(view.get("regime", "any")),
+            baseline_held=bool(view.get("baseline_held")))
     return machine_status_doc(agent.config.id, machine, channels,
                               outbox_depth=outbox_depth,
                               model_version=agent_version(agent, machine),

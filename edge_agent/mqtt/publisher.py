@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from edge_agent import __version__
+from edge_agent.errors import StorageError
 from edge_agent.jsonl import dumps
 from edge_agent.logs import RateLimitedLog
 from edge_agent.mqtt.client import QUEUE_FULL, json_properties, make_client, reason_name
@@ -312,7 +313,10 @@ class Publisher:
                 self._handle_acks([e[1:] for e in events if e[0] == "ack"])
                 if time.monotonic() > next_expiry:
                     next_expiry = time.monotonic() + 60.0
-                    self.outbox.expire()
+                    try:
+                        self.outbox.expire()
+                    except StorageError:  # a full disk: expiry waits, sending goes on
+                        pass
                 self._pump()
             except Exception:  # keep the worker alive; the outbox still holds everything
                 log.exception("MQTT worker error", extra={"event": "mqtt_worker_error"})

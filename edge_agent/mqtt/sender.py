@@ -56,6 +56,8 @@ class OutboxSender:
         self._barrier: set[int] = set()  # mids paho re-sends after a reconnect
         self._barrier_until = 0.0
         self._delivered: set[int] = set()  # acknowledged, not yet deleted (storage failed)
+        #: refused for good, not yet moved to the dead letters (storage failed): seq -> reason
+        self._dead: dict[int, str] = {}
         self.max_packet: int | None = None  # the broker's Maximum Packet Size (CONNACK)
         self._log = RateLimitedLog(log)
 
@@ -72,6 +74,8 @@ class OutboxSender:
     def pump(self) -> None:
         """Hand queued rows to paho, in order, up to the in-flight window."""
         self._delete_delivered()
+        for seq, reason in list(self._dead.items()):
+            self._dead_letter(seq, reason)
         if self._barrier:
             self._barrier &= self.inflight.keys()
             if self._barrier and time.monotonic() < self._barrier_until:
@@ -85,7 +89,7 @@ class OutboxSender:
         room = self.settings.inflight - len(self.inflight)
         if room <= 0:
             return
-        sending = set(self.inflight.values()) | self._delivered
+        sending = set(self.inflight.values()) | self._delivered | set(self._dead)
         blocked, now = set(), time.monotonic()
         handed: list[int] = []
         after, full = 0, False
@@ -172,5 +176,16 @@ class OutboxSender:
         return None
 
     def _dead_letter(self, seq: int, reason: str) -> None:
-        self.outbox.dead_letter(seq, reason)
+        """Move a refused row to the dead letters; when the disk will not take it, remember it
+        (never sent again meanwhile) and try at the next pump, so the PUBACKs handled after it
+        in the same batch are not lost."""
+        try:
+            self.outbox.dead_letter(seq, reason)
+        except StorageError as exc:
+            self._dead[seq] = reason
+            self._log.log(logging.WARNING, "outbox_storage", "outbox cannot keep a refused "
+                          "message as a dead letter; retrying", extra={
+                              "event": "storage_full", "detail": str(exc), "seq": seq})
+            return
+        self._dead.pop(seq, None)
         self._bump("dead_lettered")

@@ -84,6 +84,7 @@ class Agent(Durable):
         self.alerts_raised: dict[str, int] = {}  # per machine; decides checkpoint vs outbox state
         self.storage: StorageError | None = None  # the write that fails now, if any
         self._storage_log = RateLimitedLog(log)
+        self._errors_log = RateLimitedLog(log)  # a line per machine and minute, with a count
         self._stop = threading.Event()
         self._checkpoint_due = False  # a baseline was fitted: keep it at once
         self.fitted: set[tuple[str, str, str]] = set()  # (machine, channel, regime) monitored
@@ -243,7 +244,15 @@ class Agent(Durable):
             self.indices[key] = index + 1
             train = self.may_train(live)
             t = time.perf_counter()
-            verdict, alert = self.pipeline.process(rec, index, may_train=train)
+            try:
+                verdict, alert = self.pipeline.process(rec, index, may_train=train)
+            except Exception:  # one machine's failure must not take the others' windows along
+                self.stats["processing_errors"] += 1
+                self._errors_log.log(logging.ERROR, rec.machine, "processing a window failed; "
+                                     "it is skipped, the others go on", exc_info=True, extra={
+                                         "event": "processing_error", "machine": rec.machine,
+                                         "channel": rec.channel, "source": rec.source})
+                continue
             if verdict["state"] == "rejected":  # counted as the channel's sensor health
                 self.rejections.rejected(rec.machine, rec.channel, verdict["reason"],
                                          verdict["detail"], trusted=True)

@@ -41,6 +41,7 @@ anywhere a checkpoint or an outbox record goes.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -49,6 +50,8 @@ from edge_agent.models.verdict import Verdict
 from edge_agent.runtime.evidence import (ZONES, evidence_names, fault_lines, fmt, published,
                                          window_evidence)
 from edge_agent.signal.features import feature_label, feature_unit
+
+log = logging.getLogger(__name__)
 
 STATES = ("normal", "warning", "alarm")
 ALERT_SCHEMA = "edge-agent/alert/1"
@@ -96,6 +99,7 @@ class ChannelAlertState:
         self.waited = 0  # windows a due warning waited for evidence that was building up
         self.names: list[str] | None = None  # this channel's evidence features
         self.view: dict | None = None  # its latest window in words, while it is not normal
+        self.zone_said = False  # the first monitored window in alarm_zone or worse was logged
 
     def update(self, verdict: Verdict, evidence: list[dict] = ()) -> str:
         if verdict.phase != "monitoring":
@@ -181,6 +185,19 @@ class MachineAlerter:
                 ch.names = evidence_names(record.features, self.policy.evidence_features)
             evidence = window_evidence(record.features, ch.names, reference, spread or {},
                                        self.policy)
+            # The zone says how bad a level is, not that it changed: a machine that runs in
+            # zone C as it was commissioned is said once, and paged only when the learners
+            # also see it change.
+            zoned = [e for e in evidence if e["kind"] == "iso_zone"]
+            if zoned and not ch.zone_said:
+                ch.zone_said = True
+                log.warning("machine runs in ISO 20816-3 zone %s from its baseline on: the "
+                            "zone is evidence only with a change the learners see",
+                            zoned[0]["zone"], extra={"event": "baseline_zone",
+                                                     "machine": self.machine, "channel": channel,
+                                                     "zone": zoned[0]["zone"]})
+            if not verdict.anomalous:
+                evidence = [e for e in evidence if e["kind"] != "iso_zone"]
         ch.update(verdict, evidence)
         if verdict.phase == "monitoring" and (ch.state != "normal" or verdict.anomalous):
             severe = sum(s for _, s, _ in ch.recent) >= self.policy.persistence_k

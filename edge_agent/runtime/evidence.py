@@ -12,7 +12,9 @@ practice (a relative alarm at +6 dB, i.e. twice the machine's own baseline):
   it, so that a noisy band that doubles now and then while healthy is no
   evidence;
 * the **ISO 20816-3 zone** ``alarm_zone`` or worse (C: unsatisfactory for
-  long-term operation; D: severe enough to cause damage);
+  long-term operation; D: severe enough to cause damage), in a window the learners
+  find anomalous: the zone says how bad a level is, not that it changed, so a machine
+  that runs in zone C as it was commissioned is logged once, not paged;
 * a **bearing defect line** whose envelope amplitude and prominence over the
   local envelope floor both rose ``fault_line_ratio`` times or more.
 

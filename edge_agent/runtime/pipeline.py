@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -10,6 +11,12 @@ from edge_agent.runtime.alerts import AlertPolicy, MachineAlerter
 from edge_agent.frame import FeatureRecord, iso_time
 from edge_agent.models.detector import ChannelDetector, DetectorConfig
 from edge_agent.models.selection import NoFeatures
+
+log = logging.getLogger(__name__)
+
+#: Windows in a row that start before a channel's latest one after which that latest
+#: time is taken as the glitch (a frame stamped ahead) and the channel's clock restarts.
+CLOCK_RESET_WINDOWS = 3
 
 
 class Pipeline:
@@ -35,8 +42,10 @@ class Pipeline:
         self.detectors: dict[tuple[str, str], ChannelDetector] = {}
         self.alerters: dict[str, MachineAlerter] = {}
         #: Start of the latest window accepted per (machine, channel): a later one that
-        #: starts before it (a clock glitch) is rejected as ``time_goes_back``.
+        #: starts before it (a clock glitch) is rejected as ``time_goes_back``, one that
+        #: starts with it (a redelivered frame) as ``duplicate``.
         self.last_start_s: dict[tuple[str, str], float] = {}
+        self._behind: dict[tuple[str, str], int] = {}  # windows in a row before last_start_s
 
     def detector(self, machine: str, channel: str) -> ChannelDetector:
         key = (machine, channel)
@@ -60,10 +69,8 @@ class Pipeline:
         """
         key = (record.machine, record.channel)
         previous = self.last_start_s.get(key)
-        if record.rejected is None and previous is not None and record.start_s < previous:
-            record = replace(record, rejected="time_goes_back",
-                             detail=f"starts at {iso_time(record.start_s)}, before the previous "
-                                    f"window ({iso_time(previous)})")
+        if record.rejected is None and previous is not None and record.start_s <= previous:
+            record = self._out_of_time(record, previous)
         if record.rejected is not None:
             return self._rejected(record, index), None
         detector = self.detector(record.machine, record.channel)
@@ -77,6 +84,7 @@ class Pipeline:
             return self._rejected(replace(record, rejected="no_features", detail=str(exc)),
                                   index), None
         self.last_start_s[key] = record.start_s
+        self._behind.pop(key, None)
         model = detector.models.get(verdict.regime)
         fitted = model is not None and model.fitted
         version = f"{__version__}+g{detector.generation}.u{detector.updates}"
@@ -92,8 +100,32 @@ class Pipeline:
         if verdict.regime not in (None, "any"):
             out["regime"] = verdict.regime
         out["phase"], out["baseline_progress"] = verdict.phase, round(verdict.baseline_progress, 3)
+        if verdict.phase == "baselining" and not verdict.learned:
+            out["baseline_held"] = True  # the machine is in warning or alarm: nothing learned
         out["alarm_threshold"] = verdict.alarm_threshold
         return out, alert
+
+    def _out_of_time(self, record: FeatureRecord, previous: float) -> FeatureRecord:
+        """``record`` rejected as ``duplicate`` or ``time_goes_back``; or, when
+        :data:`CLOCK_RESET_WINDOWS` windows in a row were behind, accepted: then the glitch
+        was the earlier window's time (a frame stamped in the future), and this channel's
+        clock starts again from here instead of refusing everything for as long."""
+        key = (record.machine, record.channel)
+        if record.start_s == previous:
+            return replace(record, rejected="duplicate",
+                           detail=f"starts at {iso_time(record.start_s)}, as the previous window "
+                                  f"did (a frame delivered twice)")
+        behind = self._behind[key] = self._behind.get(key, 0) + 1
+        if behind < CLOCK_RESET_WINDOWS:
+            return replace(record, rejected="time_goes_back",
+                           detail=f"starts at {iso_time(record.start_s)}, before the previous "
+                                  f"window ({iso_time(previous)})")
+        log.warning("channel clock taken again: windows keep starting before the latest one, "
+                    "whose time was the glitch", extra={
+                        "event": "clock_reset", "machine": record.machine,
+                        "channel": record.channel, "was": iso_time(previous),
+                        "now": iso_time(record.start_s), "windows_refused": behind - 1})
+        return record
 
     @staticmethod
     def _rejected(record: FeatureRecord, index: int) -> dict:

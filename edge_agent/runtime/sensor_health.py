@@ -88,10 +88,10 @@ class RejectionCounter:
         slots = self._slots.get(machine, ())
         return None if channel in slots or len(slots) < self.max_channels else "too_many_channels"
 
-    def has_slot(self, machine: str, channel: str) -> bool:
-        with self._lock:
-            return channel in self._configured.get(machine, ()) or \
-                channel in self._slots.get(machine, ())
+    def _has_slot(self, machine: str, channel: str) -> bool:
+        """Configured for ``machine``, or given a slot by an accepted message already."""
+        return channel in self._configured.get(machine, ()) or \
+            channel in self._slots.get(machine, ())
 
     # -- counting ---------------------------------------------------------------------------------
     def accepted(self, machine: str, channel: str, *, trusted: bool = False) -> bool:
@@ -109,10 +109,12 @@ class RejectionCounter:
 
     def rejected(self, machine: str, channel: str, reason: str, detail: str = "", *,
                  trusted: bool = False) -> None:
-        """A refused message of a channel: counted per channel when it has a slot (or gets
-        one, or is ``trusted``), else for the agent as a whole."""
+        """A refused message of a channel: counted per channel when it has a slot (configured,
+        or taken by an accepted message) or is ``trusted``, else for the agent as a whole.
+        A refused message never takes a slot: junk on new names cannot crowd out a real
+        sensor's channel."""
         with self._lock:
-            tracked = trusted or self._admit(machine, channel) is None
+            tracked = trusted or self._has_slot(machine, channel)
             if tracked:
                 self._slots.setdefault(machine, set()).add(channel)
                 counts = self._counts.setdefault((machine, channel), {})
@@ -133,9 +135,6 @@ class RejectionCounter:
                 entry[1].append(name)
         self._log.log(logging.WARNING, f"refused {reason}", "messages refused", extra={
             "event": "refused", "reason": reason, "example": name, "detail": detail[:200]})
-
-    def rejected_topic(self, detail: str, topic: str = "") -> None:
-        self.refused("bad_topic", topic or detail, detail)
 
     def _record(self, machine: str, channel: str, health: str, detail: str = "") -> None:
         with self._lock:
@@ -158,11 +157,6 @@ class RejectionCounter:
         with self._lock:
             return {r: {"count": n, "examples": list(ex)} for r, (n, ex) in
                     sorted(self._refused.items())}
-
-    @property
-    def bad_topics(self) -> int:
-        with self._lock:
-            return self._refused.get("bad_topic", [0])[0]
 
     def totals(self) -> dict[str, int]:
         """Refusals of every channel by reason, and those that reached no channel."""

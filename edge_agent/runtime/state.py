@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 #: key outside the state directory; 1: SHA-256 only. Another format is quarantined, and that
 #: machine learns its baseline again.
 FORMAT = 3
+#: Of the alert state kept in the outbox with each alert; another one is not resumed.
+STATE_FORMAT = 1
 MAGIC = b"edge-agent-checkpoint"
 KEY_NAME = "checkpoint-key"  # the systemd credential's name ($CREDENTIALS_DIRECTORY/…)
 ENTRY_RE = re.compile(r"[a-z0-9_.-]+\.[0-9]+\.ckpt\Z")
@@ -271,7 +273,8 @@ def encode_state(obj) -> str:
     >>> b.announced, b.policy == a.policy
     ('alarm', True)
     """
-    return json.dumps(_encode(obj, type(obj).__module__), separators=(",", ":"))
+    return json.dumps({"format": STATE_FORMAT, **_encode(obj, type(obj).__module__)},
+                      separators=(",", ":"))
 
 
 def _encode(value, module: str):
@@ -303,6 +306,9 @@ def apply_state(target, text: str):
     left out (its policy) are taken from ``target``.
     """
     doc = json.loads(text)
+    if doc.get("format") != STATE_FORMAT:
+        raise ValueError(f"alert state format {doc.get('format')!r}, this agent reads "
+                         f"{STATE_FORMAT}")
     keep = {k: v for k, v in vars(target).items() if _config(v)}
     module = sys.modules[type(target).__module__]
     for name, value in doc["attrs"].items():
@@ -324,10 +330,23 @@ def _decode(value, module, keep):
     cls = getattr(module, value["object"])
     if not isinstance(cls, type) or cls.__module__ != module.__name__:
         raise ValueError(f"{value['object']!r} is not a class of {module.__name__}")
-    obj = cls.__new__(cls)
-    obj.__dict__.update(keep)
+    obj = _fresh(cls, keep)
     obj.__dict__.update({k: _decode(v, module, keep) for k, v in value["attrs"].items()})
     return obj
+
+
+def _fresh(cls, keep: dict):
+    """A new ``cls`` built by its own ``__init__`` from the configuration in ``keep``, so an
+    attribute a later release added has its default; the saved attributes go on top."""
+    import inspect
+
+    try:
+        params = inspect.signature(cls).parameters
+        return cls(**{name: keep[name] for name in params if name in keep})
+    except (TypeError, ValueError):  # needs more than the configuration: attributes only
+        obj = cls.__new__(cls)
+        obj.__dict__.update(keep)
+        return obj
 
 
 # -- is the state directory usable? -----------------------------------------------------------------

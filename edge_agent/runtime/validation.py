@@ -21,7 +21,7 @@ from edge_agent.frame import Frame
 REASONS = ("oversized", "truncated", "bad_magic", "bad_version", "bad_header", "bad_json",
            "bad_type", "missing_field", "bad_timestamp", "wrong_rate", "bad_rpm", "bad_feature",
            "empty", "non_finite", "clipped", "flatline", "bad_topic", "too_short",
-           "time_goes_back", "no_features")
+           "time_goes_back", "duplicate", "no_features")
 
 
 class PayloadError(ValueError):
