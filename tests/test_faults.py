@@ -404,6 +404,33 @@ def test_sigterm_while_an_alert_waits_writes_no_checkpoint_and_the_restart_sends
     assert held["alert_id"] in expected
 
 
+def test_sigterm_while_a_live_alert_waits_hands_it_to_the_broker_and_logs_it(broker, tmp_path):
+    """Live frames are not kept, so no restart can raise a live alert the disk would not take:
+    at the stop it is published without the outbox and logged in full."""
+    config = write_config(tmp_path, broker.port)
+    expected, _ = reference(config, tmp_path, BASELINE, FAULT)
+    assert expected
+    watcher = Watcher(settings_for(broker, "operator"), [f"{PREFIX}/+/+/+/alerts"], "ops-live")
+    sensor = Sensor(settings_for(broker, "sensor"))
+    agent = AgentProcess(config)
+    agent.wait_event("mqtt_subscribed")
+    sensor.send(BASELINE)
+    agent.wait_event("baseline_learned")
+    hard = resource.prlimit(agent.pid, resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(agent.pid, resource.RLIMIT_FSIZE, (1, hard))
+    sensor.send(FAULT)
+    held = agent.wait_event("storage_full", 90, where=lambda d: d.get("what") == "alert")
+    assert held["alert_id"] == expected[0] and not watcher.alert_ids()
+    assert agent.stop() == 0
+    stopped = agent.wait_event("stop_uncommitted")
+    assert stopped["live"] and stopped["published_without_outbox"]
+    assert stopped["alert"]["id"] == held["alert_id"] and stopped["alert"]["summary"]
+    watcher.wait(lambda w: held["alert_id"] in w.alert_ids(), 30, "the held alert")
+    sensor.close()
+    watcher.close()
+    assert list(dict.fromkeys(watcher.alert_ids())) == [held["alert_id"]]
+
+
 def test_full_or_read_only_state_directory_at_start_is_exit_2(broker, tmp_path):
     config = write_config(tmp_path, broker.port)
     state = tmp_path / "state"

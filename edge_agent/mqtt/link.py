@@ -145,6 +145,12 @@ class AgentLink:
         from there."""
         self.publisher.publish_alert(alert, state=state)
 
+    def publish_unrecorded(self, alert: dict) -> bool:
+        """Last resort at a stop while the outbox cannot take ``alert``: see
+        :meth:`~edge_agent.mqtt.publisher.Publisher.publish_unrecorded`."""
+        return self.publisher.publish_unrecorded(self.topics.alerts(alert["machine"]),
+                                                 dumps(alert).encode())
+
     def publish_status(self) -> None:
         """Every machine's retained status and the agent's."""
         agent = self.agent

@@ -146,6 +146,19 @@ class Publisher:
         self._events.put(("kick",))
         return seq
 
+    def publish_unrecorded(self, topic: str, payload: bytes, timeout_s: float = 5.0) -> bool:
+        """Publish without the outbox (QoS 1, held in the client's memory only): for an alert
+        the disk would not take when the agent is stopping. ``True`` when the broker
+        acknowledged it within ``timeout_s``; ``False`` when not connected or not acknowledged."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=1)
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError):  # not queued: the connection went meanwhile
+            return False
+        return info.is_published()
+
     def publish_status(self, topic: str, doc: dict) -> None:
         """Publish ``doc`` retained on ``topic`` (QoS 1), now or as soon as connected.
 

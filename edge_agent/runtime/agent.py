@@ -14,8 +14,9 @@ replay pauses, live frames wait in the inbox (up to ``queue_frames``, then the
 oldest are dropped and counted), no checkpoint is written (it would record
 alert state ahead of the outbox), and the agent status and a rate-limited log
 line say ``storage_full`` with the path and the free bytes. A stop while an
-alert waits ends without a checkpoint, so the restart raises it again under
-the same id. Each alert carries its machine's alert state into the outbox in
+alert waits ends without a checkpoint: a recording's alert is raised again by
+the restart under the same id; a live alert (its frames are not kept) is
+handed to the broker without the outbox when connected and logged in full. Each alert carries its machine's alert state into the outbox in
 the same transaction; a restart resumes the episode from there.
 """
 
@@ -321,14 +322,27 @@ class Agent(Durable):
                     self._publish_status()
                     last_status = now
         except AlertUncommitted as exc:
-            log.error("stopping with an alert not yet committed: no checkpoint, the restart "
-                      "raises it again", extra={"event": "stop_uncommitted", "alert_id": str(exc)})
+            self._stop_uncommitted(exc)
             self._count_dropped_at_stop()
             self._publish_status()
             return
         self._count_dropped_at_stop()
         self.checkpoint()
         self._publish_status()
+
+    def _stop_uncommitted(self, exc: AlertUncommitted) -> None:
+        """No checkpoint: a recording's alert is raised again by the restart, same id. A live
+        alert's frames are gone, so it is handed to the broker without the outbox (QoS 1, in
+        memory: delivered if the connection holds until the drain) and logged whole."""
+        published = False
+        if exc.live and self.link is not None:
+            published = self.link.publish_unrecorded(exc.alert)
+        log.error("stopping with an alert not yet committed: no checkpoint; " + (
+            "a live alert, the restart cannot raise it again: the alert follows in full"
+            if exc.live else "the restart raises it again"), extra={
+                "event": "stop_uncommitted", "alert_id": exc.alert["id"], "live": exc.live,
+                "published_without_outbox": published,
+                **({"alert": exc.alert} if exc.live else {})})
 
     def _count_dropped_at_stop(self) -> None:
         dropped = len(self._drain())

@@ -20,7 +20,14 @@ COMMIT_RETRY_S = (0.2, 10.0)
 
 
 class AlertUncommitted(Exception):
-    """The agent was told to stop while an alert waited for storage (nothing after it ran)."""
+    """The agent was told to stop while an alert waited for storage (nothing after it ran).
+
+    ``alert`` is the alert; ``live``: it came from live frames, which are not kept, so a
+    restart cannot raise it again (a recording's alert is raised again, same id)."""
+
+    def __init__(self, alert: dict, live: bool):
+        super().__init__(alert["id"])
+        self.alert, self.live = alert, live
 
 
 class Durable:
@@ -133,7 +140,7 @@ class Durable:
                 self._storage_failed(exc, "alert", alert_id=alert["id"], retry_in_s=delay)
                 self._publish_status()  # the status goes on while the alert waits
                 if self._stop.wait(delay):
-                    raise AlertUncommitted(alert["id"]) from None
+                    raise AlertUncommitted(alert, live) from None
                 delay = min(2 * delay, COMMIT_RETRY_S[1])
                 continue
             self._storage_ok()
