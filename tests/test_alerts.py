@@ -137,7 +137,7 @@ def test_a_machine_that_runs_in_zone_c_as_commissioned_is_not_paged(caplog):
     steady = {"iso_zone": "C", "velocity_rms_mm_s": 3.1}
     alerts, _, _ = feed([0.5] * 12, steady)  # calm learners, zone C from the start
     assert alerts == []
-    said = [r for r in caplog.records if getattr(r, "event", "") == "baseline_zone"]
+    said = [r for r in caplog.records if getattr(r, "event", "") == "iso_zone_reached"]
     assert len(said) == 1 and said[0].zone == "C"
     alerts, _, docs = feed([0.5] * 3 + [9.0] * 6, steady)  # then it changes: an alarm
     assert alerts == [(5, "alarm")] and docs[0]["evidence"][0]["kind"] == "iso_zone"

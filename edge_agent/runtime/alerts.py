@@ -186,14 +186,16 @@ class MachineAlerter:
             evidence = window_evidence(record.features, ch.names, reference, spread or {},
                                        self.policy)
             # The zone says how bad a level is, not that it changed: a machine that runs in
-            # zone C as it was commissioned is said once, and paged only when the learners
-            # also see it change.
+            # zone C as it was commissioned (or is given the wrong ISO group) would page on
+            # every window; the first monitored window in such a zone is said once, and the
+            # zone is evidence only where the learners also see a change.
             zoned = [e for e in evidence if e["kind"] == "iso_zone"]
             if zoned and not ch.zone_said:
                 ch.zone_said = True
-                log.warning("machine runs in ISO 20816-3 zone %s from its baseline on: the "
-                            "zone is evidence only with a change the learners see",
-                            zoned[0]["zone"], extra={"event": "baseline_zone",
+                log.warning("%s/%s is in ISO 20816-3 zone %s (its first monitored window "
+                            "there): the zone counts as evidence in windows the learners find "
+                            "anomalous", self.machine, channel, zoned[0]["zone"],
+                            extra={"event": "iso_zone_reached",
                                                      "machine": self.machine, "channel": channel,
                                                      "zone": zoned[0]["zone"]})
             if not verdict.anomalous:
