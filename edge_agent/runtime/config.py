@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.runtime.alerts import AlertPolicy
+from edge_agent.runtime.fleet_config import FleetConfig
 from edge_agent.errors import UsageError
 from edge_agent.runtime.ranges import check_config
 from edge_agent.runtime.toml_build import ConfigError, build, convert
@@ -178,6 +179,7 @@ class AgentConfig:
     learning: DetectorConfig = DetectorConfig()
     alerts: AlertPolicy = AlertPolicy()
     resources: ResourcesConfig = ResourcesConfig()
+    fleet: FleetConfig = FleetConfig()
     machines: tuple[MachineConfig, ...] = ()
     replay: ReplayConfig | None = None
     source: Path | None = field(default=None, compare=False)
@@ -287,7 +289,7 @@ def parse_config(text: str, source: Path | None = None, environ=os.environ) -> A
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     try:
         known = {"agent", "mqtt", "topics", "outbox", "limits", "learning", "alerts",
-                 "resources", "machine", "replay"}
+                 "resources", "machine", "replay", "fleet"}
         for name in doc:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
@@ -324,6 +326,7 @@ def parse_config(text: str, source: Path | None = None, environ=os.environ) -> A
             limits=build(Limits, doc.get("limits", {}), "limits"),
             learning=learning, alerts=alerts,
             resources=build(ResourcesConfig, doc.get("resources", {}), "resources"),
+            fleet=build(FleetConfig, doc.get("fleet", {}), "fleet"),
             machines=machines,
             replay=build(ReplayConfig, doc["replay"], "replay") if "replay" in doc else None,
             source=source)
@@ -365,6 +368,10 @@ def load_config(path, environ=os.environ) -> AgentConfig:
     key = config.checkpoint_key_file
     if key is not None and not key.is_absolute():
         config = dataclasses.replace(config, checkpoint_key_file=(path.parent / key).resolve())
+    trust = config.fleet.trust_key
+    if trust is not None and not trust.is_absolute():
+        config = dataclasses.replace(config, fleet=dataclasses.replace(
+            config.fleet, trust_key=(path.parent / trust).resolve()))
     if config.replay is not None:
         paths = tuple(str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
                       for p in config.replay.paths)
