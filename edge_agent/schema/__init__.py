@@ -8,6 +8,10 @@ The schemas (draft 2020-12) ship inside the package:
     ``edge-agent/machine-status/1``: retained per-machine status.
 ``agent-status``
     ``edge-agent/agent-status/1``: retained agent status and its Last Will.
+``fleet-prior``
+    ``edge-agent/fleet-prior/1``: a class's signed fleet prior (:mod:`edge_agent.fleet.document`).
+``fleet-update``
+    ``edge-agent/fleet-update/1``: one machine's baseline summary for its fleet.
 
 Every document carries ``"schema": "edge-agent/<name>/<major>"``; the schema's
 ``$id`` is ``https://edge-agent.invalid/schema/<name>/<major>``. Field meanings
@@ -22,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib import resources
 
-NAMES = ("alert", "machine-status", "agent-status")
+NAMES = ("alert", "machine-status", "agent-status", "fleet-prior", "fleet-update")
 MACHINE_STATUS_SCHEMA = "edge-agent/machine-status/1"
 AGENT_STATUS_SCHEMA = "edge-agent/agent-status/1"
 

@@ -1,0 +1,142 @@
+"""Robust aggregation of member summaries into a fleet prior.
+
+Levels and scales are aggregated coordinate-wise by the median (or a trimmed
+mean), the between-machine spread by the median absolute deviation of the
+members' levels: with three members or more, one faulty or malicious member can
+move none of them outside the range of the others. With two members no
+statistic can tell which one is wrong; the prior says so (``provenance.robust``).
+
+The autoencoder weights are averaged by FedAvg (weighted by windows) after each
+member's deviation from the coordinate-wise median weights is clipped to a norm
+(by default the median of the members' deviation norms): one member's weights
+move the average by at most its weight share of that norm. Members' networks
+share their initialisation (the detectors' common seed), which is what makes an
+average of weights meaningful.
+
+>>> import numpy as np
+>>> from edge_agent.models.prior import MemberSummary
+>>> def member(name, level):
+...     return MemberSummary("fan", name, ("rms_g",), 100, [np.log10(level)], [0.02], [True])
+>>> prior = aggregate([member("a", 0.10), member("b", 0.11), member("evil", 100.0)],
+...                   class_name="fan", version=1, created_s=0.0)
+>>> 0.10 <= prior.typical()["rms_g"] <= 0.11
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge_agent.models.baseline import MAD_TO_SIGMA
+from edge_agent.models.prior import FleetPrior, MemberSummary
+
+METHODS = ("median", "trimmed_mean")
+
+
+class AggregationError(ValueError):
+    """Members that cannot be aggregated (none, mixed classes, no common feature)."""
+
+
+def robust_center(values: np.ndarray, method: str = "median", trim: float = 0.2) -> np.ndarray:
+    """Coordinate-wise robust centre of the rows of ``values`` (NaN ignored).
+
+    ``trimmed_mean`` drops ``ceil(trim * n)`` rows from each end per coordinate (at
+    least one when there are three or more), so a single outlier never counts.
+
+    >>> robust_center(np.array([[1.0], [2.0], [1000.0]]), "trimmed_mean").tolist()
+    [2.0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if method == "median":
+        return np.nanmedian(values, axis=0)
+    if method != "trimmed_mean":
+        raise ValueError(f"method must be one of {METHODS}")
+    out = np.empty(values.shape[1])
+    for j in range(values.shape[1]):
+        col = np.sort(values[np.isfinite(values[:, j]), j])
+        n = len(col)
+        cut = max(math.ceil(trim * n), 1 if n >= 3 else 0)
+        cut = min(cut, (n - 1) // 2)
+        out[j] = col[cut:n - cut].mean() if n else np.nan
+    return out
+
+
+def clipped_fedavg(weights: Sequence[Sequence[np.ndarray]], windows: Sequence[int], *,
+                   clip: float | None = None) -> list[np.ndarray]:
+    """FedAvg of members' weight lists, weighted by ``windows``, each member's deviation
+    from the coordinate-wise median clipped to norm ``clip`` (default: the median norm).
+
+    >>> w = [[np.array([1.0, 1.0])], [np.array([1.2, 0.8])], [np.array([1e6, -1e6])]]
+    >>> bool(np.abs(clipped_fedavg(w, [1, 1, 1])[0] - 1.0).max() < 0.5)
+    True
+    """
+    flat = np.array([np.concatenate([np.ravel(a) for a in ws]) for ws in weights])
+    shapes = [np.shape(a) for a in weights[0]]
+    centre = np.median(flat, axis=0)
+    deviation = flat - centre
+    norms = np.linalg.norm(deviation, axis=1)
+    bound = float(np.median(norms)) if clip is None else float(clip)
+    factor = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
+    share = np.asarray(windows, dtype=np.float64)
+    share = share / share.sum()
+    mean = centre + (share[:, None] * deviation * factor[:, None]).sum(axis=0)
+    out, at = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(mean[at:at + size].reshape(shape))
+        at += size
+    return out
+
+
+def aggregate(summaries: Sequence[MemberSummary], *, class_name: str, version: int,
+              created_s: float, method: str = "median", trim: float = 0.2,
+              weight_clip: float | None = None) -> FleetPrior:
+    """The fleet prior of ``summaries`` (members of ``class_name``).
+
+    Features are those every member has with the same units (log or not); a
+    member whose autoencoder was not shared, or has another shape, is left out of
+    the weights' average only.
+    """
+    if method not in METHODS:
+        raise AggregationError(f"method must be one of {METHODS}, not {method!r}")
+    summaries = list(summaries)
+    if not summaries:
+        raise AggregationError("no member summary to aggregate")
+    wrong = sorted({s.class_name for s in summaries} - {class_name})
+    if wrong:
+        raise AggregationError(f"summaries of other classes {wrong} given for {class_name!r}")
+    machines = [s.machine for s in summaries]
+    if len(set(machines)) != len(machines):
+        raise AggregationError("a machine is given twice: each member counts once")
+    first = summaries[0]
+    names = [n for n in first.feature_names if all(n in s.feature_names for s in summaries)]
+    rows = {n: [s.feature_names.index(n) for s in summaries] for n in names}
+    names = [n for n in names if len({bool(s.log[i]) for s, i in zip(summaries, rows[n])}) == 1]
+    if not names:
+        raise AggregationError("the members have no feature in common (with the same units)")
+    L = np.array([[s.location[i] for s, i in zip(summaries, rows[n])] for n in names]).T
+    S = np.array([[s.scale[i] for s, i in zip(summaries, rows[n])] for n in names]).T
+    log = np.array([bool(first.log[rows[n][0]]) for n in names])
+    location = robust_center(L, method, trim)
+    scale = np.exp(robust_center(np.log(S), method, trim))  # scales compare by ratio
+    spread = np.nanmedian(np.abs(L - np.nanmedian(L, axis=0)), axis=0) * MAD_TO_SIGMA
+    ae = _average_weights(summaries, names, weight_clip)
+    provenance = {"method": method, "robust": len(summaries) >= 3,
+                  "machines": sorted(machines)[:64],
+                  "autoencoder_members": 0 if ae is None else ae[1]}
+    return FleetPrior(class_name, int(version), float(created_s), tuple(names), len(summaries),
+                      location, scale, spread, log, None if ae is None else ae[0],
+                      int(sum(s.windows for s in summaries)), provenance)
+
+
+def _average_weights(summaries, names, clip):
+    usable = [s for s in summaries if s.ae_weights is not None and list(s.feature_names) == names]
+    if not usable:
+        return None
+    shapes = [tuple(np.shape(w)) for w in usable[0].ae_weights]
+    usable = [s for s in usable if [tuple(np.shape(w)) for w in s.ae_weights] == shapes]
+    return clipped_fedavg([s.ae_weights for s in usable], [s.windows for s in usable],
+                          clip=clip), len(usable)
