@@ -116,7 +116,7 @@ RANGES: dict[str, dict[str, Range]] = {
                   "clip": POSITIVE, "max_update_bytes": _r(1024, 65536)},
     "AggregatorConfig": {"min_members": _r(1, 4096), "max_classes": _r(1, 4096),
                        "max_members_per_class": _r(1, 65536), "aggregate_every_s": POSITIVE,
-                       "trim": _r(0, 0.5, hi_open=True), "weight_clip": POSITIVE},
+                       "trim": _r(0, 0.5, hi_open=True), "weight_clip": NON_NEGATIVE},
     "RolloutPolicy": {"canary_fraction": FRACTION, "promote_after_s": NON_NEGATIVE,
                     "max_alert_rate_factor": _r(1)},
 }
