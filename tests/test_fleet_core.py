@@ -24,8 +24,8 @@ NAMES = ("sustained_rms_g", "kurtosis", "skewness")
 
 def member(machine, level=0.1, *, windows=120, seed=0, weights=True):
     rng = np.random.default_rng(seed)
-    ae = [rng.normal(size=(3, 2)), rng.normal(size=2), rng.normal(size=(2, 3)),
-          rng.normal(size=3)] if weights else None
+    ae = {"": [rng.normal(size=(3, 2)), rng.normal(size=2), rng.normal(size=(2, 3)),
+               rng.normal(size=3)]} if weights else None
     return MemberSummary("pump-a", machine, NAMES, windows,
                          [np.log10(level), np.log10(3.0) + 0.01 * seed, 0.02 * seed],
                          [0.03, 0.02, 0.1], [True, True, False], ae)
@@ -72,7 +72,7 @@ def test_a_signed_prior_round_trips_through_json_and_matches_its_schema(keys, pr
     assert back.version == 4 and back.members == 3 and back.feature_names == prior.feature_names
     np.testing.assert_allclose(back.location, prior.location, rtol=1e-9)
     np.testing.assert_allclose(back.spread, prior.spread, rtol=1e-9, atol=1e-12)
-    assert [w.shape for w in back.ae_weights] == [(3, 2), (2,), (2, 3), (3,)]
+    assert [w.shape for w in back.ae_weights[""]] == [(3, 2), (2,), (2, 3), (3,)]
     assert back.provenance["robust"] is True
 
 
@@ -80,7 +80,7 @@ def test_a_signed_prior_round_trips_through_json_and_matches_its_schema(keys, pr
     lambda d: d["features"][0].__setitem__("location", d["features"][0]["location"] + 0.3),
     lambda d: d.__setitem__("version", d["version"] + 1),
     lambda d: d.__setitem__("class", "pump-b"),
-    lambda d: d["autoencoder"]["weights"][1].__setitem__(0, 9.0),
+    lambda d: d["autoencoder"][0]["weights"][1].__setitem__(0, 9.0),
     lambda d: d["signature"].__setitem__("value", "AAAA" + d["signature"]["value"][4:]),
     lambda d: d["signature"].__setitem__("value", "not base64!"),
 ])
@@ -143,7 +143,7 @@ def test_one_malicious_member_cannot_move_the_prior_outside_the_others_range():
         evil = member("evil", evil_level, seed=9, windows=100_000)
         evil = MemberSummary(evil.class_name, evil.machine, evil.feature_names, evil.windows,
                              evil.location * 50, evil.scale * 1e4, evil.log,
-                             [w * 1e6 for w in evil.ae_weights])
+                             {"": [w * 1e6 for w in evil.ae_weights[""]]})
         for method in ("median", "trimmed_mean"):
             prior = aggregate(honest + [evil], class_name="pump-a", version=1, created_s=0.0,
                               method=method)
@@ -156,8 +156,9 @@ def test_one_malicious_member_cannot_move_the_prior_outside_the_others_range():
                                       created_s=0.0).spread
             assert np.all(prior.spread <= 2.5 * spread_honest + 1e-12)
             # the weights: at most its window share of a clip the honest members set
-            W = np.array([np.concatenate([w.ravel() for w in m.ae_weights]) for m in honest])
-            got = np.concatenate([w.ravel() for w in prior.ae_weights])
+            W = np.array([np.concatenate([w.ravel() for w in m.ae_weights[""]])
+                          for m in honest])
+            got = np.concatenate([w.ravel() for w in prior.ae_weights[""]])
             assert np.abs(got).max() < 3 * np.abs(W).max()
 
 
@@ -249,3 +250,23 @@ def test_one_window_moves_the_clipped_summary_by_at_most_clip_over_n():
     b = clipped_summary(m, Y, clip=3.0)
     moved = np.abs(b.location - a.location) / m.scale
     assert np.linalg.norm(moved) <= 2 * 3.0 / 200 + 1e-12
+
+
+def test_a_machine_with_channels_shares_each_channels_levels_and_weights():
+    from edge_agent.models.prior import merge_channels
+
+    def channel(name, level):
+        m = member("p1", level)
+        return MemberSummary("pump-a", "p1", tuple(f"{name}/{n}" for n in NAMES), 120 + len(name),
+                             m.location, m.scale, m.log, {name: m.ae_weights[""]})
+
+    merged = merge_channels({"de": channel("de", 0.1), "nde": channel("nde", 0.3)})
+    assert merged.windows == 122 and len(merged.feature_names) == 6
+    prior = aggregate([merged], class_name="pump-a", version=1, created_s=0.0)
+    doc = json.loads(json.dumps(prior_to_doc(prior)))
+    jsonschema.Draft202012Validator(load_schema("fleet-prior")).validate(doc)
+    back = prior_from_doc(doc)
+    nde = back.for_channel("nde")
+    assert nde.feature_names == NAMES and nde.typical()["sustained_rms_g"] == pytest.approx(0.3)
+    assert [w.shape for w in nde.ae_weights[""]] == [(3, 2), (2,), (2, 3), (3,)]
+    assert back.for_channel("vertical") is None

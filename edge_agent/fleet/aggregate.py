@@ -96,9 +96,9 @@ def aggregate(summaries: Sequence[MemberSummary], *, class_name: str, version: i
               weight_clip: float | None = None) -> FleetPrior:
     """The fleet prior of ``summaries`` (members of ``class_name``).
 
-    Features are those every member has with the same units (log or not); a
-    member whose autoencoder was not shared, or has another shape, is left out of
-    the weights' average only.
+    Features are those every member has with the same units (log or not). A
+    channel's autoencoder averages the members that shared one of the same shape
+    (the features of every member must then be the same: the network's inputs are).
     """
     if method not in METHODS:
         raise AggregationError(f"method must be one of {METHODS}, not {method!r}")
@@ -133,10 +133,19 @@ def aggregate(summaries: Sequence[MemberSummary], *, class_name: str, version: i
 
 
 def _average_weights(summaries, names, clip):
-    usable = [s for s in summaries if s.ae_weights is not None and list(s.feature_names) == names]
-    if not usable:
-        return None
-    shapes = [tuple(np.shape(w)) for w in usable[0].ae_weights]
-    usable = [s for s in usable if [tuple(np.shape(w)) for w in s.ae_weights] == shapes]
-    return clipped_fedavg([s.ae_weights for s in usable], [s.windows for s in usable],
-                          clip=clip), len(usable)
+    """``({channel: averaged weights}, members used)``: per channel, the members whose
+    weights have the shapes of the first one's (the same features, the same network)."""
+    out, used = {}, set()
+    channels = sorted({c for s in summaries for c in (s.ae_weights or {})})
+    for channel in channels:
+        n = sum(1 for name in names if name.startswith(channel + "/")) if channel else len(names)
+        usable = [s for s in summaries if channel in (s.ae_weights or {})
+                  and np.shape(s.ae_weights[channel][0])[0] == n]
+        if not usable:
+            continue
+        shapes = [np.shape(w) for w in usable[0].ae_weights[channel]]
+        usable = [s for s in usable if [np.shape(w) for w in s.ae_weights[channel]] == shapes]
+        out[channel] = clipped_fedavg([s.ae_weights[channel] for s in usable],
+                                      [s.windows for s in usable], clip=clip)
+        used |= {s.machine for s in usable}
+    return (out, len(used)) if out else None

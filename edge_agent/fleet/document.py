@@ -68,29 +68,43 @@ def _num(value: float) -> float:
     return float(f"{value:.10g}")
 
 
-def _weights_doc(weights) -> dict | None:
+MAX_CHANNELS = 64
+
+
+def _weights_doc(weights) -> list | None:
     if weights is None:
         return None
-    W1 = np.asarray(weights[0])
-    return {"hidden": int(W1.shape[1]),
-            "weights": [np.vectorize(_num, otypes=[float])(np.asarray(w)).tolist()
-                        for w in weights]}
+    return [{"channel": channel, "hidden": int(np.shape(ws[0])[1]),
+             "weights": [np.vectorize(_num, otypes=[float])(np.asarray(w)).tolist()
+                         for w in ws]}
+            for channel, ws in sorted(weights.items())]
 
 
-def _weights_from(doc, n_features: int):
+def _weights_from(doc, names):
+    """``{channel: [W1, b1, W2, b2]}`` checked against the features of each channel."""
     if doc is None:
         return None
-    try:
-        hidden = int(doc["hidden"])
-        arrays = [np.array(w, dtype=np.float64) for w in doc["weights"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PriorRefused("format", f"autoencoder weights unreadable: {exc}") from None
-    shapes = [(n_features, hidden), (hidden,), (hidden, n_features), (n_features,)]
-    if not 1 <= hidden <= MAX_HIDDEN or len(arrays) != 4 \
-            or [a.shape for a in arrays] != shapes \
-            or not all(np.all(np.isfinite(a)) for a in arrays):
-        raise PriorRefused("format", f"autoencoder weights are not {shapes}")
-    return arrays
+    if not isinstance(doc, list) or not 1 <= len(doc) <= MAX_CHANNELS:
+        raise PriorRefused("format", f"autoencoder must be a list of 1 to {MAX_CHANNELS}")
+    out = {}
+    for entry in doc:
+        try:
+            channel, hidden = entry["channel"], int(entry["hidden"])
+            arrays = [np.array(w, dtype=np.float64) for w in entry["weights"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PriorRefused("format", f"autoencoder weights unreadable: {exc}") from None
+        if not isinstance(channel, str) or channel in out:
+            raise PriorRefused("format", "autoencoder channels must be distinct names")
+        n = sum(1 for name in names if name.startswith(channel + "/")) if channel \
+            else len(names)
+        shapes = [(n, hidden), (hidden,), (hidden, n), (n,)]
+        if not 1 <= hidden <= MAX_HIDDEN or len(arrays) != 4 \
+                or [a.shape for a in arrays] != shapes \
+                or not all(np.all(np.isfinite(a)) for a in arrays):
+            raise PriorRefused("format", f"autoencoder weights of {channel or 'the machine'} "
+                               f"are not {shapes}")
+        out[channel] = arrays
+    return out
 
 
 def _time_s(text) -> float:
@@ -168,7 +182,7 @@ def prior_from_doc(doc) -> FleetPrior:
         raise PriorRefused("format", "provenance must be an object")
     return FleetPrior(cls, _int(doc, "version", 1), _time_s(doc.get("created")), names,
                       _int(doc, "members", 1), cols["location"], cols["scale"],
-                      cols["spread"], logs, _weights_from(doc.get("autoencoder"), len(names)),
+                      cols["spread"], logs, _weights_from(doc.get("autoencoder"), names),
                       _int(doc, "windows", 0), provenance)
 
 
@@ -258,4 +272,4 @@ def update_from_doc(doc, *, class_name: str | None = None) -> MemberSummary:
     names, logs, cols = _features_from(doc, ("location", "scale"))
     return MemberSummary(doc["class"], doc["machine"], names, _int(doc, "windows", 1),
                          cols["location"], cols["scale"], logs,
-                         _weights_from(doc["autoencoder"], len(names)))
+                         _weights_from(doc["autoencoder"], names))
