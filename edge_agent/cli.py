@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
 
+    p = sub.add_parser("fleet", help="fleet learning: the aggregator (docs/fleet.md)")
+    fleet_sub = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
+    from edge_agent.fleet.aggregator import add_aggregate_parser
+
+    add_aggregate_parser(fleet_sub)
+
     from edge_agent.mqtt.operator import add_alerts_parser
     from edge_agent.report.command import add_report_parser, report_command
 

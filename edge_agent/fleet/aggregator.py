@@ -322,6 +322,19 @@ class Aggregator:
             self.outbox.close()
 
 
+def add_aggregate_parser(fleet_sub):
+    """``edge-agent fleet aggregate`` under the ``fleet`` command's sub-parsers."""
+    p = fleet_sub.add_parser(
+        "aggregate", help="collect members' updates, publish signed priors (a service)",
+        description="Collects the member updates of the site on the broker, aggregates each "
+                    "class robustly, signs the prior with the fleet key and rolls it out in "
+                    "stages (canaries first). MQTT is its only peer. Stops on SIGTERM or "
+                    "Ctrl-C. Exit 2 on a configuration error.")
+    p.add_argument("--config", required=True, metavar="FILE", help="fleet.toml (docs/fleet.md)")
+    p.set_defaults(func=aggregate_command)
+    return p
+
+
 def aggregate_command(args) -> int:
     """``edge-agent fleet aggregate --config fleet.toml``: run until SIGTERM or SIGINT."""
     import signal

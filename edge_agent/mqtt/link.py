@@ -155,9 +155,11 @@ class AgentLink:
             self.publisher.publish_status(topic, fitted(
                 machine_status(agent, machine, self.outbox.depth),
                 lambda doc: publish_size(topic, dumps(doc).encode()) <= limit))
+        fleet = getattr(agent, "fleet", None)  # edge_agent.fleet.member.FleetMember
         self.publisher.publish_agent_status(lag_s=agent.lag_s, processing=agent.stats,
                                             storage=agent.storage_status(),
-                                            rejected=agent.rejections.refused_summary())
+                                            rejected=agent.rejections.refused_summary(),
+                                            fleet=None if fleet is None else fleet.status())
 
     def close(self, drain_s: float = 5.0, error: str | None = None) -> None:
         self.publisher.close(drain_s=drain_s, error=error)

@@ -114,6 +114,7 @@ class ChannelConfig:
 class MachineConfig:
     id: str
     area: str | None = None
+    fleet_class: str | None = None  # TOML key "class": machines of one class share a prior
     channels: tuple[ChannelConfig, ...] = ()
     rpm: float | None = None
     bearing: str | None = None
@@ -240,6 +241,10 @@ def _machine(table, index, defaults_learning, defaults_alerts) -> MachineConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{key}: expected a [[machine]] table")
     table = dict(table)
+    if "class" in table:  # a Python keyword: the field is fleet_class
+        table["fleet_class"] = table.pop("class")
+    if "fleet_class" in table and not isinstance(table["fleet_class"], str):
+        raise ConfigError(f"{key}.class: expected a class name in quotes")
     channels = table.pop("channels", [])
     if not isinstance(channels, list):
         raise ConfigError(f"{key}.channels: expected a list of names or tables")
@@ -259,6 +264,9 @@ def _check_machine(m: MachineConfig, key: str) -> None:
     if not NAME.match(m.id):
         raise ConfigError(f"{key}.id: {m.id!r} must be lowercase letters, digits, '_', '.', '-' "
                           "(it becomes an MQTT topic level)")
+    if m.fleet_class is not None and not NAME.match(m.fleet_class):
+        raise ConfigError(f"{key}.class: {m.fleet_class!r} must match [a-z0-9_.-]+ (it becomes "
+                          "an MQTT topic level)")
     for c in m.channels:
         if not NAME.match(c.name):
             raise ConfigError(f"{key}.channels: channel name {c.name!r} must match [a-z0-9_.-]+")
