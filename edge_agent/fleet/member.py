@@ -88,6 +88,7 @@ class FleetMember:
         self.rollout_seq: dict[str, int] = dict(state.get("rollout_seq", {}))
         self.rollouts: dict[str, dict] = {}
         self.priors: dict[str, dict[int, object]] = {}  # class -> version -> FleetPrior
+        self.published: dict[str, int] = {}  # class -> newest version on its prior topic
         self.refused: Counter = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._timer, name="edge-agent-fleet", daemon=True)
@@ -120,7 +121,10 @@ class FleetMember:
                 self.share(machine, now)
 
     def fitted(self, machine: str) -> bool:
-        return any(m == machine for m, _, _ in self.agent.fitted)
+        """Every channel of ``machine`` heard so far has a fitted baseline."""
+        dets = [d for (m, _), d in self.agent.pipeline.detectors.items() if m == machine]
+        return bool(dets) and all(any(model.fitted for model in d.models.values())
+                                  for d in dets)
 
     def _due(self, machine: str, now: float) -> bool:
         m = self.machines[machine]
@@ -205,6 +209,8 @@ class FleetMember:
                 prior = verify_prior(doc, self.trust, class_name=cls)
                 versions = self.priors.setdefault(cls, {})
                 versions[prior.version] = prior
+                if ref.kind == "fleet_prior":
+                    self.published[cls] = max(self.published.get(cls, 0), prior.version)
                 for v in sorted(versions)[:-KEEP_VERSIONS]:
                     del versions[v]
         except PriorRefused as exc:
@@ -222,8 +228,8 @@ class FleetMember:
                     rollout["canaries"]
                 target, role = ((rollout["candidate"], "candidate") if canary
                                 else (rollout["stable"], "stable"))
-            else:  # no rollout document: the newest prior, forward only
-                target, role = (max(versions), "stable") if versions else (None, None)
+            else:  # no rollout document: the newest on the prior topic (never a candidate)
+                target, role = self.published.get(cls), "stable"
             if target is None or target not in versions or m["applied"] == target:
                 continue
             if m["version"] is not None and target < m["version"] and (
