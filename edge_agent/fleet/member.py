@@ -207,6 +207,9 @@ class FleetMember:
                 self.rollout_seq[cls] = doc["seq"]
             else:
                 prior = verify_prior(doc, self.trust, class_name=cls)
+                if ref.kind == "fleet_prior" and prior.version < self.published.get(cls, 0):
+                    raise PriorRefused("old_version", f"version {prior.version} is older than "
+                                       f"{self.published[cls]} (a replay)")
                 versions = self.priors.setdefault(cls, {})
                 versions[prior.version] = prior
                 if ref.kind == "fleet_prior":

@@ -45,9 +45,9 @@ class FleetConfig:
 
     trust_key: Path | None = None
     share: bool = True
-    publish_every_s: float = 86400.0
+    publish_every_s: float = 604800.0
     epsilon_budget: float = 10.0
-    delta: float = 1e-06
-    noise_multiplier: float = 1.0
+    delta: float = 1e-05
+    noise_multiplier: float = 4.0
     clip: float = 3.0
     max_update_bytes: int = MAX_UPDATE_BYTES
