@@ -190,8 +190,8 @@ def _f(v, none="—"):
 
 
 def report(results: dict) -> None:
-    print(f"Leave one out on FEMTO condition 1 (prior from the other two; window indices of the "
-          f"new machine). Level-rule onsets: "
+    print("Leave one out on FEMTO condition 1 (prior from the other two; window indices of the "
+          "new machine). Level-rule onsets: "
           + ", ".join(f"{k.split()[-1]} {v}" for k, v in results["onsets"].items()))
     header = ("new machine", "(a) monitored from", "(b) premature", "backed alerts before limit",
               "(c) damaged: alert at", "without prior", "judged prior/own")

@@ -70,7 +70,15 @@ class Pipeline:
                 if model.fitted and model.accepted is False:
                     model.accepted = True
                     confirmed += 1
-            self.held_baselines.pop((m, channel), None) if m == machine else None
+            if m == machine:
+                self.held_baselines.pop((m, channel), None)
+                if machine in self.alerters:
+                    self.alerter(machine).channel_state(channel).fleet_held = False
+        if confirmed:
+            log.warning("baseline confirmed by an operator: it is the machine's normal although "
+                        "it differs from its fleet", extra={"event": "fleet_baseline_confirmed",
+                                                            "machine": machine,
+                                                            "channels": confirmed})
         return confirmed
 
     def detector(self, machine: str, channel: str) -> ChannelDetector:
