@@ -136,3 +136,59 @@ def test_leave_one_out_monitored_at_once_damaged_alerted_and_poison_changes_noth
                                    without=False)
         assert (poisoned["a"], poisoned["c"]) == (plain["a"], plain["c"]), new
         assert study.prior(new, poison="added").provenance["excluded"]
+
+
+@pytest.mark.slow
+def test_an_operator_confirms_a_held_baseline_over_mqtt_and_a_sensor_cannot(tmp_path):
+    import threading
+
+    from edge_agent.mqtt.client import make_client
+    from edge_agent.mqtt.link import connect_agent
+    from edge_agent.runtime.agent import Agent
+    from edge_agent.runtime.config import (AgentConfig, MachineConfig, MqttSettings,
+                                           TopicsConfig)
+    from edge_agent.runtime.validation import Limits
+    from tests.broker import PREFIX, SITE, USERS, Broker
+    from tests.test_agent import wait_until
+    from tests.test_mqtt import settings
+
+    names = ("sustained_rms_g", "sustained_kurtosis", "velocity_rms_mm_s")
+    prior = FleetPrior("pump", 2, 0.0, names, 3, [-1.0, np.log10(3.0), np.log10(5.6)],
+                       [0.013, 0.007, 0.013], [0.02, 0.01, 0.02], [True, True, True])
+    learning = DetectorConfig(baseline_windows=30, baseline_running_s=0.0,
+                              min_baseline_windows=20)
+    with Broker(tmp_path / "mosquitto") as broker:
+        config = AgentConfig(
+            id="gw-1", state_dir=tmp_path / "state",
+            mqtt=MqttSettings(host=broker.host, port=broker.port, username="agent",
+                              password=USERS["agent"], reconnect_min_s=0.2,
+                              reconnect_max_s=1.0, keepalive_s=5),
+            topics=TopicsConfig(prefix=PREFIX, site=SITE, area="line-a"), limits=Limits(),
+            machines=(MachineConfig(id="pump-7", learning=learning),))
+        agent = Agent(config)
+        agent.pipeline.apply_prior("pump-7", prior)
+        for i, rec in _records(5.6, 40):
+            agent.pipeline.process(rec, i)
+        assert agent.pipeline.held_baselines
+        link = connect_agent(agent)
+        stop = threading.Event()
+        worker = threading.Thread(target=agent.run, args=(stop,))
+        worker.start()
+        try:
+            assert link.publisher.wait_connected(10) and link.publisher.wait_subscribed(10)
+            topic = link.topics.fleet_confirm("pump-7")
+            for user in ("sensor", "operator"):  # the ACL lets only the operator command
+                client = make_client(settings(broker, user=user), f"{user}-confirm")
+                client.connect(broker.host, broker.port)
+                client.loop_start()
+                client.publish(topic, b"{}", qos=1).wait_for_publish(5)
+                client.disconnect()
+                client.loop_stop()
+            assert wait_until(lambda: not agent.pipeline.held_baselines, 10)
+            denied = [line for line in broker.log().splitlines()
+                      if "Denied PUBLISH from sensor-confirm" in line]
+            assert denied and "cmd/fleet-confirm" in denied[0]
+        finally:
+            stop.set()
+            worker.join(30)
+            agent.close()

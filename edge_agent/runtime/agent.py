@@ -199,10 +199,13 @@ class Agent(Durable):
 
         alerts, windows, records = [], [], []
         for item in items:
-            if isinstance(item, tuple) and item[0] == "rebaseline":
+            if isinstance(item, tuple) and item[0] in ("rebaseline", "fleet_confirm"):
                 alerts += self._score(windows, records, live)
                 windows, records = [], []
-                self.rebaseline(item[1])
+                if item[0] == "rebaseline":
+                    self.rebaseline(item[1])
+                else:  # an operator confirms a baseline that differs from its fleet
+                    self.pipeline.confirm_baseline(item[1])
             elif not self.config.owns(item.machine):
                 continue  # another worker's machine (a replay is read by every worker)
             elif not live and not self.channel_configured(item.machine, item.channel):
