@@ -16,7 +16,7 @@ from edge_agent.fleet.document import (PriorRefused, prior_from_doc, prior_to_do
                                        update_from_doc, update_to_doc, verify_prior)
 from edge_agent.fleet.keys import keygen, load_private_key, load_public_key
 from edge_agent.fleet.privacy import PrivacyAccountant, clipped_summary, privatise
-from edge_agent.models.prior import FleetPrior, MemberSummary
+from edge_agent.models.prior import MemberSummary
 from edge_agent.schema import load_schema
 
 NAMES = ("sustained_rms_g", "kurtosis", "skewness")
@@ -270,3 +270,16 @@ def test_a_machine_with_channels_shares_each_channels_levels_and_weights():
     assert nde.feature_names == NAMES and nde.typical()["sustained_rms_g"] == pytest.approx(0.3)
     assert [w.shape for w in nde.ae_weights[""]] == [(3, 2), (2,), (2, 3), (3,)]
     assert back.for_channel("vertical") is None
+
+
+def test_a_member_unlike_every_other_is_set_aside_but_never_a_majority():
+    honest = [member(f"p{i}", level, seed=i) for i, level in enumerate((0.10, 0.12, 0.11))]
+    miscalibrated = member("p9", 0.5, seed=9)  # ×4 its siblings: no sibling
+    prior = aggregate(honest + [miscalibrated], class_name="pump-a", version=1, created_s=0.0)
+    assert prior.provenance["excluded"] == ["p9"] and prior.members == 3
+    np.testing.assert_allclose(prior.location, aggregate(honest, class_name="pump-a", version=1,
+                                                         created_s=0.0).location)
+    # two against two: nobody can tell which pair is right, so all four count
+    split = [member("a", 0.1), member("b", 0.1), member("c", 1.0), member("d", 1.0)]
+    assert aggregate(split, class_name="pump-a", version=1, created_s=0.0).provenance[
+        "excluded"] == []

@@ -1,5 +1,13 @@
 """Robust aggregation of member summaries into a fleet prior.
 
+First, with three members or more, a member that is no sibling is set aside: one
+whose healthy levels are typically (the median over the level features) ``outlier_ratio``
+times (×2: the alarm-grade difference that says a machine "differs from its fleet")
+or more away from every other member's, in amplitude terms. A faulty sensor, a
+wrong class or a malicious gateway sends such a summary; it is named in
+``provenance.excluded``. Never more than a minority is set aside: when most members
+disagree, nobody can tell which are right and all are kept.
+
 Levels and scales are aggregated coordinate-wise by the median (or a trimmed
 mean), the between-machine spread by the median absolute deviation of the
 members' levels: with three members or more, one faulty or malicious member can
@@ -30,10 +38,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_agent.models.baseline import MAD_TO_SIGMA
+from edge_agent.models.baseline import MAD_TO_SIGMA, is_power
 from edge_agent.models.prior import FleetPrior, MemberSummary
 
 METHODS = ("median", "trimmed_mean")
+#: A member this many times (amplitude) from every other one is no sibling (see above).
+OUTLIER_RATIO = 2.0
 
 
 class AggregationError(ValueError):
@@ -91,9 +101,32 @@ def clipped_fedavg(weights: Sequence[Sequence[np.ndarray]], windows: Sequence[in
     return out
 
 
+def outliers(L: np.ndarray, log: np.ndarray, order: np.ndarray,
+             ratio: float = OUTLIER_RATIO) -> list[int]:
+    """Rows of member levels ``L`` (members × features) that are no siblings (see the module
+    docstring): the median over log features of the distance, in log10 amplitude, to the
+    nearest other member is ``log10(ratio)`` or more; at most a minority of members.
+
+    >>> L = np.log10([[0.10, 1.0], [0.12, 1.1], [1.0, 10.0]])
+    >>> outliers(L, np.array([True, True]), np.ones(2))
+    [2]
+    """
+    n = len(L)
+    if n < 3 or not log.any():
+        return []
+    A = L[:, log] / order[log]
+    gap = np.full(n, np.inf)
+    for i in range(n):
+        d = np.abs(np.delete(A, i, axis=0) - A[i])  # (others, features)
+        gap[i] = np.nanmedian(np.nanmin(d, axis=0))
+    far = [i for i in range(n) if gap[i] >= np.log10(ratio)]
+    return far if len(far) <= (n - 1) // 2 else []
+
+
 def aggregate(summaries: Sequence[MemberSummary], *, class_name: str, version: int,
               created_s: float, method: str = "median", trim: float = 0.2,
-              weight_clip: float | None = None) -> FleetPrior:
+              weight_clip: float | None = None,
+              outlier_ratio: float | None = OUTLIER_RATIO) -> FleetPrior:
     """The fleet prior of ``summaries`` (members of ``class_name``).
 
     Features are those every member has with the same units (log or not). A
@@ -120,12 +153,21 @@ def aggregate(summaries: Sequence[MemberSummary], *, class_name: str, version: i
     L = np.array([[s.location[i] for s, i in zip(summaries, rows[n])] for n in names]).T
     S = np.array([[s.scale[i] for s, i in zip(summaries, rows[n])] for n in names]).T
     log = np.array([bool(first.log[rows[n][0]]) for n in names])
+    order = np.array([2.0 if is_power(n) else 1.0 for n in names])
+    excluded = [] if outlier_ratio is None else outliers(L, log, order, outlier_ratio)
+    if excluded:
+        keep = [i for i in range(len(summaries)) if i not in excluded]
+        L, S = L[keep], S[keep]
+        out = [summaries[i].machine for i in excluded]
+        summaries = [summaries[i] for i in keep]
+    else:
+        out = []
     location = robust_center(L, method, trim)
     scale = np.exp(robust_center(np.log(S), method, trim))  # scales compare by ratio
     spread = np.nanmedian(np.abs(L - np.nanmedian(L, axis=0)), axis=0) * MAD_TO_SIGMA
     ae = _average_weights(summaries, names, weight_clip)
-    provenance = {"method": method, "robust": len(summaries) >= 3,
-                  "machines": sorted(machines)[:64],
+    provenance = {"method": method, "robust": len(summaries) + len(out) >= 3,
+                  "machines": sorted(machines)[:64], "excluded": sorted(out)[:64],
                   "autoencoder_members": 0 if ae is None else ae[1]}
     return FleetPrior(class_name, int(version), float(created_s), tuple(names), len(summaries),
                       location, scale, spread, log, None if ae is None else ae[0],

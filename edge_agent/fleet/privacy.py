@@ -36,6 +36,12 @@ from edge_agent.models.prior import MemberSummary
 
 #: Gaussian mechanisms per release: the level and the scale.
 MECHANISMS_PER_RELEASE = 2
+#: Defaults of the mechanism (benchmarks/fleet.py measures what they cost): four times one
+#: clipped window's influence in noise (ε about 1.5 per release at δ 1e-5), windows
+#: clipped at 3 baseline scales, δ well below 1/windows.
+DEFAULT_NOISE_MULTIPLIER = 4.0
+DEFAULT_CLIP = 3.0
+DEFAULT_DELTA = 1e-5
 
 
 def clipped_summary(summary: MemberSummary, X, *, clip: float) -> MemberSummary:

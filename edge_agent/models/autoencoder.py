@@ -124,7 +124,7 @@ class IncrementalAutoencoder:
                 # sklearn starts from existing weights only with warm_start, once it has
                 # some: one step builds them (and the optimiser), then they are replaced
                 self.mlp_.set_params(warm_start=True)
-                self.mlp_.partial_fit(Z[:1], Z[:1])
+                self.mlp_.partial_fit(Z[:self.mlp_.batch_size], Z[:self.mlp_.batch_size])
                 W1, b1, W2, b2 = (np.array(w, dtype=np.float64) for w in init_weights)
                 if W1.shape != self.mlp_.coefs_[0].shape or W2.shape != self.mlp_.coefs_[1].shape:
                     raise ValueError(f"initial weights {W1.shape} do not fit this network "

@@ -68,6 +68,7 @@ class DetectorConfig:
     trend_span: int = 12
     learn_fraction: float = 0.5
     min_change_ratio: float = 1.15
+    prior_change_ratio: float = 2.0
     restart_gap_s: float = 6 * 3600.0
     settle_windows: int = 12
     restart_budget: float = 0.25

@@ -70,7 +70,9 @@ class PriorMonitor:
         The channel's watched features and their directions.
     config : DetectorConfig
         ``risk``, ``threshold_floor``, ``alarm_factor``, ``zscore_top_k``,
-        ``trend_span`` and ``min_change_ratio`` are used.
+        ``trend_span`` and ``prior_change_ratio`` are used: a window is anomalous against
+        the fleet only when a health indicator's level is ``prior_change_ratio`` × the
+        fleet's (siblings differ more than a machine differs from itself).
     """
 
     def __init__(self, prior: FleetPrior, names, directions, config, patterns=FLEET_FEATURES):
@@ -121,7 +123,7 @@ class PriorMonitor:
         top = float(d.max()) if d.size else 0.0
         two_sided = not self.up_[int(np.argmax(d))] if d.size else False
         p = min(1.0, int(self.known_.sum()) * (2.0 if two_sided else 1.0) * _tail(top))
-        score = -math.log10(max(p, 1e-300))
+        score = max(0.0, -math.log10(max(p, 1e-300)))
         level = np.median(np.vstack(self._recent), axis=0)
         clear = self.up_ & self.log_ & (level >= 2.0)
         ratios = 10.0 ** (level * self.scale_ / self.order_)
@@ -134,4 +136,4 @@ class PriorMonitor:
             for j in order if d[j] > 0 and math.isfinite(float(x[j])))
         return Verdict("monitoring", progress, regime, score, self.threshold_,
                        self.alarm_threshold_, learned, {"prior": score}, contributions,
-                       magnitude, self.config.min_change_ratio, basis="prior")
+                       magnitude, self.config.prior_change_ratio, basis="prior")

@@ -9,6 +9,8 @@ Every topic lives under a configurable *prefix* (one or more levels, e.g.
     <prefix>/<site>/<area>/<machine>/<channel>/raw          raw frames (subscribed)
     <prefix>/<site>/<area>/<machine>/<channel>/features     smart-sensor features (subscribed)
     <prefix>/<site>/<area>/<machine>/cmd/rebaseline         re-baseline command (subscribed)
+    <prefix>/<site>/<area>/<machine>/cmd/fleet-confirm      confirm a baseline that differs
+                                                            from its fleet (subscribed)
     <prefix>/<site>/fleet/<class>/updates/<agent>/<machine> a member's fleet update, QoS 1
     <prefix>/<site>/fleet/<class>/prior                     the class's fleet prior, retained
     <prefix>/<site>/fleet/<class>/candidate                 a prior on trial on the canaries, retained
@@ -39,8 +41,10 @@ RESERVED_AREAS = frozenset({FLEET})
 #: Retained documents of a class, by the topic's last level (see :meth:`Topics.fleet_doc`).
 FLEET_DOCS = ("prior", "candidate", "rollout")
 #: Kinds a received topic can have (see :func:`Topics.parse`).
-KINDS = ("alerts", "status", "agent_status", "raw", "features", "rebaseline",
+KINDS = ("alerts", "status", "agent_status", "raw", "features", "rebaseline", "fleet_confirm",
          "fleet_update", "fleet_prior", "fleet_candidate", "fleet_rollout", "fleet_rollback")
+#: Command topics' last level -> their kind.
+COMMANDS = {"rebaseline": "rebaseline", "fleet-confirm": "fleet_confirm"}
 
 
 class TopicError(ValueError):
@@ -167,6 +171,9 @@ class Topics:
     def rebaseline(self, machine: str) -> str:
         return f"{self.machine_root(machine)}/cmd/rebaseline"
 
+    def fleet_confirm(self, machine: str) -> str:
+        return f"{self.machine_root(machine)}/cmd/fleet-confirm"
+
     # -- the fleet exchange (docs/fleet.md) --------------------------------------------------------
     def fleet_root(self, fleet_class: str) -> str:
         """``<prefix>/<site>/fleet/<class>``."""
@@ -218,6 +225,9 @@ class Topics:
     def rebaseline_filter(self) -> str:
         return f"{self.prefix}/{self.site}/+/+/cmd/rebaseline"
 
+    def fleet_confirm_filter(self) -> str:
+        return f"{self.prefix}/{self.site}/+/+/cmd/fleet-confirm"
+
     def parse(self, topic: str) -> TopicRef:
         """Validate a received topic and say what it is about (:class:`TopicError` if not ours)."""
         return parse_topic(topic, self.prefix)
@@ -249,8 +259,8 @@ def parse_topic(topic: str, prefix: str) -> TopicRef:
     if len(levels) == 4 and levels[3] in ("alerts", "status"):
         site, area, machine, kind = levels
         return TopicRef(kind, *_place(site, area, machine))
-    if len(levels) == 5 and levels[3:] == ["cmd", "rebaseline"]:
-        return TopicRef("rebaseline", *_place(*levels[:3]))
+    if len(levels) == 5 and levels[3] == "cmd" and levels[4] in COMMANDS:
+        return TopicRef(COMMANDS[levels[4]], *_place(*levels[:3]))
     if len(levels) == 5 and levels[4] in ("raw", "features"):
         site, area, machine, channel, kind = levels
         return TopicRef(kind, *_place(site, area, machine), Topics._channel_ok(channel))

@@ -209,10 +209,13 @@ class Agent(Durable):
                 alerts += self._score(windows, records, live)
                 windows, records = [], []
                 self._call(item[1])
-            elif isinstance(item, tuple) and item[0] == "rebaseline":
+            elif isinstance(item, tuple) and item[0] in ("rebaseline", "fleet_confirm"):
                 alerts += self._score(windows, records, live)
                 windows, records = [], []
-                self.rebaseline(item[1])
+                if item[0] == "rebaseline":
+                    self.rebaseline(item[1])
+                else:  # an operator confirms a baseline that differs from its fleet
+                    self.pipeline.confirm_baseline(item[1])
             elif not self.config.owns(item.machine):
                 continue  # another worker's machine (a replay is read by every worker)
             elif not live and not self.channel_configured(item.machine, item.channel):

@@ -19,7 +19,6 @@ from edge_agent.models.prior_monitor import FLEET_FEATURES
 from edge_agent.models.verdict import Verdict
 from edge_agent.runtime.alerts import STATES, alert_id, build_alert, describe_window
 from edge_agent.runtime.evidence import evidence_names, window_evidence
-from edge_agent.signal.velocity import iso_zone
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +26,16 @@ log = logging.getLogger(__name__)
 DIFFERS = "differs from its fleet"
 
 
-def compare_with_fleet(model, policy) -> list[dict]:
+def compare_with_fleet(model, policy, zone: str | None = None) -> list[dict]:
     """Alarm-grade differences between a fitted regime's baseline and its fleet prior
-    (evidence entries, strongest first; empty: it looks like its fleet)."""
+    (evidence entries, strongest first; empty: it looks like its fleet). ``zone`` is the
+    ISO 20816-3 zone of the window that completed the baseline (the machine's own group and
+    foundation decide it); the velocity judged is the baseline's median."""
     monitor = model.prior_monitor
     reference, spread = monitor.reference()
     own = {k: float(v) for k, v in model.reference.items()}
-    velocity = own.get("velocity_rms_mm_s")
-    if velocity is not None:
-        own["iso_zone"] = str(iso_zone([velocity])[0])
+    if zone and "velocity_rms_mm_s" in own:
+        own["iso_zone"] = zone
     names = [n for n in evidence_names(own, policy.evidence_features)
              if n in reference and n in evidence_names([n], FLEET_FEATURES)]
     return window_evidence(own, names, reference, spread, policy)
@@ -46,7 +46,7 @@ def check_baseline(pipeline, machine: str, channel: str, model, record, generati
     """Accept ``model``'s new baseline, or hold it and return the WARNING alert (``None``
     when the machine's operators already hear of a warning or alarm; the hold stands)."""
     policy = pipeline.policy_for(machine)
-    differences = compare_with_fleet(model, policy)
+    differences = compare_with_fleet(model, policy, record.features.get("iso_zone"))
     if not differences:
         model.accepted = True
         log.info("baseline agrees with the fleet prior", extra={
@@ -61,6 +61,7 @@ def check_baseline(pipeline, machine: str, channel: str, model, record, generati
         "differences": texts, "prior_version": model.prior_monitor.version})
     alerter = pipeline.alerter(machine)
     ch = alerter.channel_state(channel)
+    ch.fleet_held = True  # not back to normal while the baseline waits for an operator
     if alerter.announced != "normal":
         return None
     ch.state = "warning"

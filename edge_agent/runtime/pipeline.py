@@ -47,6 +47,7 @@ class Pipeline:
         self.last_start_s: dict[tuple[str, str], float] = {}
         self._behind: dict[tuple[str, str], int] = {}  # windows in a row before last_start_s
         self.priors: dict[str, object] = {}  # machine -> its class's verified FleetPrior
+        self.default_prior = None  # the prior of machines not in `priors` (offline replay)
         #: (machine, channel) -> why its baseline differs from its fleet (held, see fleet_check)
         self.held_baselines: dict[tuple[str, str], list[str]] = {}
 
@@ -69,14 +70,23 @@ class Pipeline:
                 if model.fitted and model.accepted is False:
                     model.accepted = True
                     confirmed += 1
-            self.held_baselines.pop((m, channel), None) if m == machine else None
+            if m == machine:
+                self.held_baselines.pop((m, channel), None)
+                if machine in self.alerters:
+                    self.alerter(machine).channel_state(channel).fleet_held = False
+        if confirmed:
+            log.warning("baseline confirmed by an operator: it is the machine's normal although "
+                        "it differs from its fleet", extra={"event": "fleet_baseline_confirmed",
+                                                            "machine": machine,
+                                                            "channels": confirmed})
         return confirmed
 
     def detector(self, machine: str, channel: str) -> ChannelDetector:
         key = (machine, channel)
         if key not in self.detectors:
             det = self.detectors[key] = ChannelDetector(self.config_for(machine))
-            part = self.priors[machine].for_channel(channel) if machine in self.priors else None
+            prior = self.priors.get(machine, self.default_prior)
+            part = prior.for_channel(channel) if prior is not None else None
             if part is not None:
                 det.seed_from_prior(part)
         return self.detectors[key]

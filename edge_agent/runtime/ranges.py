@@ -89,7 +89,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "stopped_fraction": _r(0, 1, hi_open=True), "stopped_rpm": NON_NEGATIVE,
         "regime_tolerance": _r(0, 1, lo_open=True, hi_open=True), "max_regimes": _r(1, 64),
         "zscore_top_k": AT_LEAST_1, "trend_span": AT_LEAST_1, "learn_fraction": OPEN_FRACTION,
-        "min_change_ratio": _r(1), "restart_gap_s": POSITIVE, "settle_windows": AT_LEAST_1,
+        "min_change_ratio": _r(1), "prior_change_ratio": _r(1), "restart_gap_s": POSITIVE, "settle_windows": AT_LEAST_1,
         "restart_budget": NON_NEGATIVE, "hst_trees": _r(1, 100), "hst_min_windows": AT_LEAST_1,
         "ae_batch": AT_LEAST_1, "ae_replay": AT_LEAST_1, "ae_baseline_epochs": AT_LEAST_1,
         # beyond the calibration's tail share (0.2) the threshold would sit inside the body
