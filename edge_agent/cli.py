@@ -177,20 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
 
-    p = sub.add_parser("fleet", help="fleet learning: the aggregator (docs/fleet.md)")
-    fleet_sub = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
-    from edge_agent.fleet.aggregator import add_aggregate_parser
-
-    add_aggregate_parser(fleet_sub)
-
     from edge_agent.mqtt.operator import add_alerts_parser
     from edge_agent.report.command import add_report_parser, report_command
 
     add_alerts_parser(sub).set_defaults(func=_cmd_alerts)
     add_report_parser(sub).set_defaults(func=report_command)
+    from edge_agent.fleet.aggregator import add_aggregate_parser
     from edge_agent.fleet.command import add_fleet_parser
 
-    add_fleet_parser(sub, input_options=_add_input_options, ranged=_ranged)
+    add_fleet_parser(sub, input_options=_add_input_options, ranged=_ranged,
+                     extra=(add_aggregate_parser,))
     return parser
 
 

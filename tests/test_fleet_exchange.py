@@ -278,7 +278,7 @@ def test_the_aggregator_builds_a_robust_signed_prior_rolls_it_out_and_rolls_back
     agg.tick()
     doc = agg.priors[CLASS][1]
     prior = verify_prior(doc, load_public_key(keys["pub"]), class_name=CLASS)
-    assert prior.members == 4
+    assert prior.members == 3 and prior.provenance["excluded"] == ["evil"]  # set aside
     honest = summary.typical()
     for name, value in prior.typical().items():  # the poisoned member moved nothing
         assert value == pytest.approx(honest[name], rel=1e-6), name
