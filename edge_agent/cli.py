@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", metavar="PATH", help="write verdicts and alerts as JSON lines "
                                                    "to PATH ('-' for standard output)")
     p.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    p.add_argument("--prior", metavar="PRIOR.json",
+                   help="a fleet prior (edge-agent fleet prior): channels are watched against "
+                        "it from their first window while their own baseline is collected")
+    p.add_argument("--trust-key", metavar="FILE",
+                   help="the fleet public key (fleet.pub) the prior must be signed with")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="the machines' class: the prior must be for it (default: the prior's)")
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("demo", help="the whole agent on sample recordings, with a broker and an "
@@ -175,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_alerts_parser(sub).set_defaults(func=_cmd_alerts)
     add_report_parser(sub).set_defaults(func=report_command)
+    from edge_agent.fleet.aggregator import add_aggregate_parser
+    from edge_agent.fleet.command import add_fleet_parser
+
+    add_fleet_parser(sub, input_options=_add_input_options, ranged=_ranged,
+                     extra=(add_aggregate_parser,))
     return parser
 
 
@@ -211,7 +223,15 @@ def _cmd_features(args) -> int:
 def _cmd_replay(args) -> int:
     from edge_agent.runtime.replay import replay_command
 
-    return replay_command(args)
+    prior = None
+    if args.prior or args.trust_key:
+        if not (args.prior and args.trust_key):
+            raise UsageError("--prior and --trust-key go together: a prior is used only when "
+                             "its signature is verified")
+        from edge_agent.fleet.command import load_verified_prior
+
+        prior = load_verified_prior(args.prior, args.trust_key, class_name=args.class_name)
+    return replay_command(args, prior=prior)
 
 
 def _cmd_demo(args) -> int:

@@ -71,6 +71,10 @@ def run_command(args) -> int:
                           f"{exc.detail} ({_free(config.state_dir)})") from None
     agent.link = link
     agent.restore(link.alert_states())
+    if any(m.fleet_class for m in config.machines):
+        from edge_agent.fleet.member import FleetMember
+
+        agent.fleet = FleetMember(agent, link)  # subscribes before the link starts
     log.info("edge-agent starting", extra={
         "event": "start", "version": __version__, "agent": config.id,
         "state_dir": str(config.state_dir), "machines": [m.id for m in config.machines],
@@ -83,12 +87,16 @@ def run_command(args) -> int:
                               position=agent.replay_position)
     try:
         link.start()
+        if getattr(agent, "fleet", None) is not None:
+            agent.fleet.start()
         agent.run(stop, source, exit_when_done=args.exit_after_replay)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         log.exception(f"edge-agent failed: {error}", extra={"event": "crash", "error": error})
         agent.close(drain_s=2.0, error=error)  # a short drain: the outbox keeps the rest
         return 1
+    if getattr(agent, "fleet", None) is not None:
+        agent.fleet.close()
     agent.close()
     log.info("edge-agent stopped", extra={"event": "stop", **agent.stats})
     return 0

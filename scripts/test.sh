@@ -3,7 +3,7 @@
 # when missing and run as root), then pytest. Arguments go to pytest: bash scripts/test.sh -k mqtt
 # The tests read the full recordings from ../shared/data beside the checkout.
 set -euo pipefail
-EXTRAS=test,demo,report
+EXTRAS=test,demo,report,fleet
 source "$(dirname "$0")/_setup.sh"
 if ! command -v mosquitto_passwd >/dev/null || ! { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; }; then
   if [ "$(id -u)" = 0 ]; then

@@ -12,6 +12,7 @@ from edge_agent.runtime.config import (AgentConfig, ConfigError, MachineConfig, 
                                ReplayConfig, ResourcesConfig, TopicsConfig, load_config,
                                parse_config)
 from edge_agent.runtime.validation import Limits
+from edge_agent.runtime.fleet_config import FleetConfig
 from edge_agent.models import DetectorConfig
 from tests.conftest import REPO
 from tests.test_cli import edge_agent
@@ -21,9 +22,12 @@ REFERENCE = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
 SECTIONS = {"agent": AgentConfig, "mqtt": MqttSettings, "topics": TopicsConfig,
             "outbox": OutboxConfig, "limits": Limits, "learning": DetectorConfig,
             "alerts": AlertPolicy, "resources": ResourcesConfig, "[machine]": MachineConfig,
-            "replay": ReplayConfig}
+            "replay": ReplayConfig, "fleet": FleetConfig}
 NOT_KEYS = {"agent": {"mqtt", "topics", "outbox", "limits", "learning", "alerts", "resources",
-                      "machines", "replay", "source", "shard"}}
+                      "machines", "replay", "source", "shard", "fleet"}}
+
+#: Fields whose TOML key is another word (``class`` is a Python keyword).
+TOML_NAMES = {"fleet_class": "class"}
 
 MINIMAL = """
 [agent]
@@ -47,7 +51,8 @@ def documented(section: str) -> dict[str, str]:
 @pytest.mark.parametrize("section", SECTIONS)
 def test_reference_documents_every_key_with_the_codes_default(section):
     cls = SECTIONS[section]
-    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    fields = {TOML_NAMES.get(f.name, f.name): f for f in dataclasses.fields(cls)} \
+        if dataclasses.is_dataclass(cls) else {}
     keys = set(fields) - NOT_KEYS.get(section, set())
     docs = documented(section)
     assert keys == set(docs), f"[{section}] code {sorted(keys)} docs {sorted(docs)}"
@@ -89,6 +94,9 @@ def test_every_numeric_key_has_a_range_and_the_reference_shows_it(section):
     ("learning", "risk = 0.5", "learning.risk = 0.5 is out of range: use a value > 0 and < 0.2"),
     ("alerts", "persistence_k = 6", "persistence_k <= persistence_n"),
     ("resources", "learn_budget = 0", "resources.learn_budget = 0.0 is out of range"),
+    ("fleet", "max_update_bytes = 100000", "fleet.max_update_bytes = 100000 is out of range: use "
+                                           "a value 1024 to 65536"),
+    ("fleet", "delta = 1.0", "fleet.delta = 1.0 is out of range: use a value > 0 and < 1"),
     ("limits", "expected_fs_hz = [25600, -1]", "limits.expected_fs_hz = [25600.0, -1.0] is out of "
                                                "range: use values > 0"),
 ])

@@ -97,8 +97,12 @@ class IncrementalAutoencoder:
         del self.mlp_.loss_curve_[:-100]
         self._serving = None  # re-export before the next score
 
-    def fit(self, Z) -> "IncrementalAutoencoder":
-        """Learn the baseline windows and seed the replay reservoir with them."""
+    def fit(self, Z, init_weights=None) -> "IncrementalAutoencoder":
+        """Learn the baseline windows and seed the replay reservoir with them.
+
+        ``init_weights`` (``[W1, b1, W2, b2]``, e.g. a fleet prior's) are where training
+        starts instead of a random initialisation.
+        """
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
@@ -116,6 +120,16 @@ class IncrementalAutoencoder:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", DataConversionWarning)  # one feature: y a column
+            if init_weights is not None:
+                # sklearn starts from existing weights only with warm_start, once it has
+                # some: one step builds them (and the optimiser), then they are replaced
+                self.mlp_.set_params(warm_start=True)
+                self.mlp_.partial_fit(Z[:self.mlp_.batch_size], Z[:self.mlp_.batch_size])
+                W1, b1, W2, b2 = (np.array(w, dtype=np.float64) for w in init_weights)
+                if W1.shape != self.mlp_.coefs_[0].shape or W2.shape != self.mlp_.coefs_[1].shape:
+                    raise ValueError(f"initial weights {W1.shape} do not fit this network "
+                                     f"{self.mlp_.coefs_[0].shape}")
+                self.mlp_.coefs_, self.mlp_.intercepts_ = [W1, W2], [b1, b2]
             self.mlp_.fit(Z, Z)
         self._serving = None
         keep = self._rng.permutation(len(Z))[: self.replay_capacity // 2]

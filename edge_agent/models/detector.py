@@ -35,6 +35,7 @@ from edge_agent.models.baseline import Baseline
 from edge_agent.models.calibration import TailCalibrator
 from edge_agent.models.collection import BaselineCollection
 from edge_agent.models.hst import FrozenHalfSpaceTrees
+from edge_agent.models.prior_monitor import PriorMonitor
 from edge_agent.models.regime import SpeedRegimes
 from edge_agent.models.selection import select_features
 from edge_agent.models.threshold import AdaptiveThreshold
@@ -67,6 +68,7 @@ class DetectorConfig:
     trend_span: int = 12
     learn_fraction: float = 0.5
     min_change_ratio: float = 1.15
+    prior_change_ratio: float = 2.0
     restart_gap_s: float = 6 * 3600.0
     settle_windows: int = 12
     restart_budget: float = 0.25
@@ -115,6 +117,12 @@ class RegimeModel:
         #: (log10) of the positive ones: what alerts judge evidence against.
         self.reference: dict[str, float] = {}
         self.reference_spread: dict[str, float] = {}
+        #: With a fleet prior: what watches the regime until its own baseline is accepted
+        #: (``accepted`` None: fitted, not yet compared with the prior; False: it differs
+        #: from its fleet and waits for an operator).
+        self.prior_monitor: PriorMonitor | None = None
+        self.accepted: bool | None = True
+        self.ae_init: list | None = None  # the fleet's autoencoder weights to start from
 
     # -- baseline phase ---------------------------------------------------------
     def progress(self) -> float:
@@ -189,6 +197,8 @@ class RegimeModel:
         restart_at = self.collection.restart_at
         self.collection = None  # what it kept lives on in the learners
         self.fitted = True
+        if self.prior_monitor is not None:
+            self.accepted = None  # compared with the fleet before it counts as normal
         if restart_at:  # a restart during the baseline: settle on what followed it
             self.settling = []
             for x in X[restart_at:]:
@@ -210,7 +220,7 @@ class RegimeModel:
         ae = IncrementalAutoencoder(len(self.names), batch_size=c.ae_batch,
                                     replay_capacity=c.ae_replay,
                                     baseline_epochs=c.ae_baseline_epochs,
-                                    threads=c.onnx_threads, seed=c.seed).fit(Z)
+                                    threads=c.onnx_threads, seed=c.seed).fit(Z, self.ae_init)
         return baseline, zscore, trend, hst, ae
 
     @staticmethod
@@ -279,7 +289,33 @@ class ChannelDetector:
 
     def __init__(self, config: DetectorConfig = DetectorConfig()):
         self.config = config
+        self.prior = None  # this channel's fleet prior (see seed_from_prior)
         self.reset()
+
+    def seed_from_prior(self, prior) -> None:
+        """Watch this channel against a verified fleet prior (``FleetPrior.for_channel``)
+        until its own baseline is fitted and accepted; its autoencoder then starts from
+        the fleet's weights. Regimes already monitoring on an accepted baseline keep it: the
+        prior serves the ones being learned, and every re-baseline from now on."""
+        self.prior = prior
+        for model in self.models.values():
+            if not model.fitted or model.accepted is not True:
+                self._attach(model)
+
+    def _attach(self, model: "RegimeModel") -> None:
+        monitor = PriorMonitor(self.prior, model.names, model.directions, self.config)
+        model.prior_monitor = monitor if monitor.usable else None
+        weights = (self.prior.ae_weights or {}).get("")
+        model.ae_init = weights if weights is not None and \
+            [np.shape(w) for w in weights][0] == (len(model.names), max(2, len(model.names) // 3)) \
+            else None
+
+    @staticmethod
+    def _prior_or(model: "RegimeModel", x, verdict: Verdict) -> Verdict:
+        if model.prior_monitor is None:
+            return verdict
+        return model.prior_monitor.verdict(x, verdict.regime, verdict.baseline_progress,
+                                           verdict.learned)
 
     def reset(self) -> None:
         """Forget everything (after maintenance): the next windows form a new baseline."""
@@ -337,6 +373,8 @@ class ChannelDetector:
         self.last_running_s = t_s
         if model is None:
             model = self.models[regime] = RegimeModel(self.names, self.directions, self.config)
+            if self.prior is not None:
+                self._attach(model)
         restarted = gap is not None and gap > self.config.restart_gap_s
         if not model.fitted:
             if not may_learn:
@@ -345,7 +383,8 @@ class ChannelDetector:
                 # a baseline learned from it would call the fault normal. Held until the
                 # episode ends or an operator orders a re-baseline.
                 model.collection.pause()
-                return Verdict("baselining", model.progress(), regime, learned=False)
+                return self._prior_or(model, x, Verdict("baselining", model.progress(), regime,
+                                                        learned=False))
             # A complete baseline waits for its fit while updates are deferred; it keeps
             # collecting meanwhile (bounded: see models.collection).
             model.collect(x, {k: v for k, v in features.items()
@@ -354,7 +393,10 @@ class ChannelDetector:
             progress = model.progress()
             if progress >= 1.0 and may_train:
                 model.fit()
-            return Verdict("baselining", progress, regime, learned=True)
+            return self._prior_or(model, x, Verdict("baselining", progress, regime, learned=True))
+        if model.accepted is not True and model.prior_monitor is not None:
+            # fitted but not (yet) accepted as this machine's normal: still judged by its fleet
+            return model.prior_monitor.verdict(x, regime, 1.0, False)
         if restarted and may_learn:
             model.settling = []
         if model.settling is not None:
@@ -372,7 +414,8 @@ class ChannelDetector:
         explain = model.contributions(x, z) if anomalous or not may_learn else ()
         verdict = Verdict("monitoring", 1.0, regime, combined, threshold,
                           model.threshold.alarm_threshold_, learned, surprise, explain,
-                          magnitude, self.config.min_change_ratio)
+                          magnitude, self.config.min_change_ratio,
+                          basis=None if model.prior_monitor is None else "own")
         if learned:
             model.learn(x, z, raw, combined, may_train)
         return verdict

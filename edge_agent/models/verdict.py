@@ -36,6 +36,10 @@ class Verdict:
     contributions: tuple[Contribution, ...] = ()
     magnitude: float = 1.0  # largest smoothed amplitude-equivalent change of a health indicator
     min_change_ratio: float = 1.0
+    #: what the window was judged against when the channel has a fleet prior: "prior"
+    #: (the fleet's levels, while its own baseline is collected or not yet confirmed) or
+    #: "own" (its own baseline); None without a prior
+    basis: str | None = None
 
     @property
     def anomalous(self) -> bool:

@@ -120,21 +120,24 @@ class AgentLink:
         self.publisher.subscribe(self.topics.features_filter(),
                                  lambda t, p: ingest_message(agent, t, p))
         self.publisher.subscribe(self.topics.rebaseline_filter(), self._on_rebaseline)
+        self.publisher.subscribe(self.topics.fleet_confirm_filter(),
+                                 lambda t, p: self._on_rebaseline(t, p, "fleet_confirm"))
 
     def start(self) -> None:
         self.publisher.start()
 
-    def _on_rebaseline(self, topic: str, payload: bytes) -> None:
+    def _on_rebaseline(self, topic: str, payload: bytes, kind: str = "rebaseline") -> None:
+        """A machine command (``rebaseline``, ``fleet_confirm``): the topic is the command."""
         ref, refusal = _refusal(self.agent, self.topics, topic)
         if refusal is None and not self.agent.known(ref.machine):
-            refusal = ("unknown_command", "re-baseline for a machine this agent does not handle")
+            refusal = ("unknown_command", f"{kind} for a machine this agent does not handle")
         if ref is not None and ref.machine is not None and not self.agent.config.owns(ref.machine):
             return
         if refusal is not None:
             self.agent.rejections.refused(refusal[0] if refusal[0] != "unknown_machine"
                                           else "unknown_command", topic, refusal[1])
             return
-        self.agent.submit(("rebaseline", ref.machine))
+        self.agent.submit((kind, ref.machine))
 
     def alert_states(self) -> dict[str, tuple[int, str]]:
         """Each machine's alert state as its last committed alert left it (for restore)."""
@@ -161,9 +164,11 @@ class AgentLink:
             self.publisher.publish_status(topic, fitted(
                 machine_status(agent, machine, self.outbox.depth),
                 lambda doc: publish_size(topic, dumps(doc).encode()) <= limit))
+        fleet = getattr(agent, "fleet", None)  # edge_agent.fleet.member.FleetMember
         self.publisher.publish_agent_status(lag_s=agent.lag_s, processing=agent.stats,
                                             storage=agent.storage_status(),
-                                            rejected=agent.rejections.refused_summary())
+                                            rejected=agent.rejections.refused_summary(),
+                                            fleet=None if fleet is None else fleet.status())
 
     def close(self, drain_s: float = 5.0, error: str | None = None) -> None:
         self.publisher.close(drain_s=drain_s, error=error)

@@ -165,7 +165,11 @@ class Publisher:
         A document over :attr:`status_limit` is not sent (counted, logged at most once a
         minute): the previous one stays retained.
         """
-        payload = dumps(doc).encode()
+        self.publish_retained(topic, dumps(doc).encode())
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """:meth:`publish_status` of ready bytes (a signed document must keep its exact
+        numbers, which :func:`~edge_agent.jsonl.dumps` would round)."""
         limit = self.status_limit
         if publish_size(topic, payload) > limit:
             self._bump("status_too_large")

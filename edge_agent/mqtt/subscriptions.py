@@ -48,7 +48,9 @@ class Subscriptions:
 
         with self._lock:
             self.filters[topic_filter] = (handler, qos)
-        self._client.message_callback_add(topic_filter, on_message)
+        # A shared subscription ($share/<group>/<filter>) delivers topics matching <filter>.
+        match = topic_filter.split("/", 2)[2] if topic_filter.startswith("$share/") else topic_filter
+        self._client.message_callback_add(match, on_message)
 
     def subscribe_new(self, connection: int, connected: bool) -> None:
         """Subscribe what this connection (``connection``: its count) has not yet."""

@@ -102,6 +102,9 @@ class Agent(Durable):
         #: Where alerts and status go (:class:`edge_agent.mqtt.link.AgentLink`): an object with
         #: ``publish_alert(alert)``, ``publish_status()`` and ``close(drain_s)``; None offline.
         self.link = None
+        #: The fleet member (:class:`edge_agent.fleet.member.FleetMember`) when a machine has a
+        #: class; its status goes into the agent status.
+        self.fleet = None
 
     # -- configuration ----------------------------------------------------------------------------
     def machine_config(self, machine: str) -> MachineConfig:
@@ -150,7 +153,8 @@ class Agent(Durable):
 
     # -- input (any thread) ---------------------------------------------------------------------
     def submit(self, item) -> None:
-        """Queue a frame, a feature record or ``("rebaseline", machine)``; never blocks.
+        """Queue a frame, a feature record, ``("rebaseline", machine)`` or ``("call", fn)``
+        (``fn()`` on the processing thread); never blocks.
 
         When the queue is full the oldest item is dropped and counted (the agent
         reports it in its status rather than stalling the network thread).
@@ -200,10 +204,19 @@ class Agent(Durable):
 
         alerts, windows, records = [], [], []
         for item in items:
-            if isinstance(item, tuple) and item[0] == "rebaseline":
+            if isinstance(item, tuple) and item[0] == "call":
+                # an upper layer's work on this thread (the fleet member): after the windows
+                # before it, and never the end of the others
                 alerts += self._score(windows, records, live)
                 windows, records = [], []
-                self.rebaseline(item[1])
+                self._call(item[1])
+            elif isinstance(item, tuple) and item[0] in ("rebaseline", "fleet_confirm"):
+                alerts += self._score(windows, records, live)
+                windows, records = [], []
+                if item[0] == "rebaseline":
+                    self.rebaseline(item[1])
+                else:  # an operator confirms a baseline that differs from its fleet
+                    self.pipeline.confirm_baseline(item[1])
             elif not self.config.owns(item.machine):
                 continue  # another worker's machine (a replay is read by every worker)
             elif not live and not self.channel_configured(item.machine, item.channel):
@@ -283,6 +296,14 @@ class Agent(Durable):
                                                      "machine": alert["machine"],
                                                      "severity": alert["severity"]})
         return alerts
+
+    def _call(self, fn) -> None:
+        try:
+            fn()
+        except Exception:
+            self.stats["processing_errors"] += 1
+            self._errors_log.log(logging.ERROR, "call", "a queued task failed", exc_info=True,
+                                 extra={"event": "processing_error", "task": repr(fn)[:80]})
 
     def rebaseline(self, machine: str) -> None:
         channels = self.pipeline.rebaseline(machine)

@@ -100,6 +100,7 @@ class ChannelAlertState:
         self.names: list[str] | None = None  # this channel's evidence features
         self.view: dict | None = None  # its latest window in words, while it is not normal
         self.zone_said = False  # the first monitored window in alarm_zone or worse was logged
+        self.fleet_held = False  # its baseline differs from its fleet: never calm till confirmed
 
     def update(self, verdict: Verdict, evidence: list[dict] = ()) -> str:
         if verdict.phase != "monitoring":
@@ -112,7 +113,7 @@ class ChannelAlertState:
                          if k in live}
         persistent = self.persistent()
         calm = (verdict.score < p.clear_ratio * verdict.threshold and not persistent
-                and verdict.magnitude < verdict.min_change_ratio)
+                and verdict.magnitude < verdict.min_change_ratio and not self.fleet_held)
         self.calm = self.calm + 1 if calm else 0
         self.mild = 0 if persistent else self.mild + 1
         due = sum(a for a, _, _ in self.recent) >= p.persistence_k and self.state == "normal"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.runtime.alerts import AlertPolicy
+from edge_agent.runtime.fleet_config import FleetConfig
 from edge_agent.errors import UsageError
 from edge_agent.runtime.ranges import check_config
 from edge_agent.runtime.toml_build import ConfigError, build, convert
@@ -113,6 +114,7 @@ class ChannelConfig:
 class MachineConfig:
     id: str
     area: str | None = None
+    fleet_class: str | None = None  # TOML key "class": machines of one class share a prior
     channels: tuple[ChannelConfig, ...] = ()
     rpm: float | None = None
     bearing: str | None = None
@@ -178,6 +180,7 @@ class AgentConfig:
     learning: DetectorConfig = DetectorConfig()
     alerts: AlertPolicy = AlertPolicy()
     resources: ResourcesConfig = ResourcesConfig()
+    fleet: FleetConfig = FleetConfig()
     machines: tuple[MachineConfig, ...] = ()
     replay: ReplayConfig | None = None
     source: Path | None = field(default=None, compare=False)
@@ -238,6 +241,10 @@ def _machine(table, index, defaults_learning, defaults_alerts) -> MachineConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{key}: expected a [[machine]] table")
     table = dict(table)
+    if "class" in table:  # a Python keyword: the field is fleet_class
+        table["fleet_class"] = table.pop("class")
+    if "fleet_class" in table and not isinstance(table["fleet_class"], str):
+        raise ConfigError(f"{key}.class: expected a class name in quotes")
     channels = table.pop("channels", [])
     if not isinstance(channels, list):
         raise ConfigError(f"{key}.channels: expected a list of names or tables")
@@ -257,6 +264,9 @@ def _check_machine(m: MachineConfig, key: str) -> None:
     if not NAME.match(m.id):
         raise ConfigError(f"{key}.id: {m.id!r} must be lowercase letters, digits, '_', '.', '-' "
                           "(it becomes an MQTT topic level)")
+    if m.fleet_class is not None and not NAME.match(m.fleet_class):
+        raise ConfigError(f"{key}.class: {m.fleet_class!r} must match [a-z0-9_.-]+ (it becomes "
+                          "an MQTT topic level)")
     for c in m.channels:
         if not NAME.match(c.name):
             raise ConfigError(f"{key}.channels: channel name {c.name!r} must match [a-z0-9_.-]+")
@@ -287,7 +297,7 @@ def parse_config(text: str, source: Path | None = None, environ=os.environ) -> A
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     try:
         known = {"agent", "mqtt", "topics", "outbox", "limits", "learning", "alerts",
-                 "resources", "machine", "replay"}
+                 "resources", "machine", "replay", "fleet"}
         for name in doc:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
@@ -324,6 +334,7 @@ def parse_config(text: str, source: Path | None = None, environ=os.environ) -> A
             limits=build(Limits, doc.get("limits", {}), "limits"),
             learning=learning, alerts=alerts,
             resources=build(ResourcesConfig, doc.get("resources", {}), "resources"),
+            fleet=build(FleetConfig, doc.get("fleet", {}), "fleet"),
             machines=machines,
             replay=build(ReplayConfig, doc["replay"], "replay") if "replay" in doc else None,
             source=source)
@@ -365,6 +376,10 @@ def load_config(path, environ=os.environ) -> AgentConfig:
     key = config.checkpoint_key_file
     if key is not None and not key.is_absolute():
         config = dataclasses.replace(config, checkpoint_key_file=(path.parent / key).resolve())
+    trust = config.fleet.trust_key
+    if trust is not None and not trust.is_absolute():
+        config = dataclasses.replace(config, fleet=dataclasses.replace(
+            config.fleet, trust_key=(path.parent / trust).resolve()))
     if config.replay is not None:
         paths = tuple(str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
                       for p in config.replay.paths)

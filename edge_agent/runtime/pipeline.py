@@ -46,11 +46,49 @@ class Pipeline:
         #: starts with it (a redelivered frame) as ``duplicate``.
         self.last_start_s: dict[tuple[str, str], float] = {}
         self._behind: dict[tuple[str, str], int] = {}  # windows in a row before last_start_s
+        self.priors: dict[str, object] = {}  # machine -> its class's verified FleetPrior
+        self.default_prior = None  # the prior of machines not in `priors` (offline replay)
+        #: (machine, channel) -> why its baseline differs from its fleet (held, see fleet_check)
+        self.held_baselines: dict[tuple[str, str], list[str]] = {}
+
+    def apply_prior(self, machine: str, prior) -> None:
+        """Use a *verified* fleet prior for ``machine`` (edge_agent.fleet.document.verify_prior):
+        channels being learned, and every later re-baseline, are watched against it."""
+        self.priors[machine] = prior
+        for (m, channel), det in self.detectors.items():
+            if m == machine:
+                part = prior.for_channel(channel)
+                if part is not None:
+                    det.seed_from_prior(part)
+
+    def confirm_baseline(self, machine: str) -> int:
+        """An operator confirms the baselines of ``machine`` that differ from its fleet:
+        they are its normal from now on. Returns how many channels were held."""
+        confirmed = 0
+        for (m, channel), det in self.detectors.items():
+            for model in det.models.values() if m == machine else ():
+                if model.fitted and model.accepted is False:
+                    model.accepted = True
+                    confirmed += 1
+            if m == machine:
+                self.held_baselines.pop((m, channel), None)
+                if machine in self.alerters:
+                    self.alerter(machine).channel_state(channel).fleet_held = False
+        if confirmed:
+            log.warning("baseline confirmed by an operator: it is the machine's normal although "
+                        "it differs from its fleet", extra={"event": "fleet_baseline_confirmed",
+                                                            "machine": machine,
+                                                            "channels": confirmed})
+        return confirmed
 
     def detector(self, machine: str, channel: str) -> ChannelDetector:
         key = (machine, channel)
         if key not in self.detectors:
-            self.detectors[key] = ChannelDetector(self.config_for(machine))
+            det = self.detectors[key] = ChannelDetector(self.config_for(machine))
+            prior = self.priors.get(machine, self.default_prior)
+            part = prior.for_channel(channel) if prior is not None else None
+            if part is not None:
+                det.seed_from_prior(part)
         return self.detectors[key]
 
     def alerter(self, machine: str) -> MachineAlerter:
@@ -88,9 +126,24 @@ class Pipeline:
         model = detector.models.get(verdict.regime)
         fitted = model is not None and model.fitted
         version = f"{__version__}+g{detector.generation}.u{detector.updates}"
-        alert = alerter.update(record.channel, verdict, record, model.reference if fitted else {},
-                               version, detector.generation,
-                               spread=model.reference_spread if fitted else None)
+        if fitted and model.accepted is None:  # a new baseline, to compare with its fleet
+            from edge_agent.runtime.fleet_check import check_baseline
+
+            held = check_baseline(self, record.machine, record.channel, model, record,
+                                  detector.generation, version)
+            if held is not None:
+                return self._verdict(record, index, verdict, alerter), held
+        if verdict.basis == "prior":  # judged against the fleet's levels
+            reference, spread = model.prior_monitor.reference()
+        else:
+            reference = model.reference if fitted else {}
+            spread = model.reference_spread if fitted else None
+        alert = alerter.update(record.channel, verdict, record, reference, version,
+                               detector.generation, spread=spread)
+        return self._verdict(record, index, verdict, alerter), alert
+
+    @staticmethod
+    def _verdict(record, index, verdict, alerter) -> dict:
         state = (verdict.phase if verdict.phase != "monitoring"
                  else alerter.channel_state(record.channel).state)
         out = {"kind": "verdict", "machine": record.machine, "channel": record.channel,
@@ -103,7 +156,9 @@ class Pipeline:
         if verdict.phase == "baselining" and not verdict.learned:
             out["baseline_held"] = True  # the machine is in warning or alarm: nothing learned
         out["alarm_threshold"] = verdict.alarm_threshold
-        return out, alert
+        if verdict.basis is not None:
+            out["basis"] = verdict.basis  # "prior": judged against the fleet; "own"
+        return out
 
     def _out_of_time(self, record: FeatureRecord, previous: float) -> FeatureRecord:
         """``record`` rejected as ``duplicate`` or ``time_goes_back``; or, when

@@ -89,7 +89,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "stopped_fraction": _r(0, 1, hi_open=True), "stopped_rpm": NON_NEGATIVE,
         "regime_tolerance": _r(0, 1, lo_open=True, hi_open=True), "max_regimes": _r(1, 64),
         "zscore_top_k": AT_LEAST_1, "trend_span": AT_LEAST_1, "learn_fraction": OPEN_FRACTION,
-        "min_change_ratio": _r(1), "restart_gap_s": POSITIVE, "settle_windows": AT_LEAST_1,
+        "min_change_ratio": _r(1), "prior_change_ratio": _r(1), "restart_gap_s": POSITIVE, "settle_windows": AT_LEAST_1,
         "restart_budget": NON_NEGATIVE, "hst_trees": _r(1, 100), "hst_min_windows": AT_LEAST_1,
         "ae_batch": AT_LEAST_1, "ae_replay": AT_LEAST_1, "ae_baseline_epochs": AT_LEAST_1,
         # beyond the calibration's tail share (0.2) the threshold would sit inside the body
@@ -110,6 +110,15 @@ RANGES: dict[str, dict[str, Range]] = {
                     "velocity_band_hz": NON_NEGATIVE},
     "ChannelConfig": {"fs_hz": POSITIVE, "clip_g": POSITIVE},
     "ReplayConfig": {"speed": NON_NEGATIVE, "fs_hz": POSITIVE},
+    # the fleet exchange: the agent's [fleet], the aggregator's fleet.toml (docs/fleet.md)
+    "FleetConfig": {"publish_every_s": _r(1), "epsilon_budget": POSITIVE,
+                  "delta": _r(0, 1, lo_open=True, hi_open=True), "noise_multiplier": POSITIVE,
+                  "clip": POSITIVE, "max_update_bytes": _r(1024, 65536)},
+    "AggregatorConfig": {"min_members": _r(1, 4096), "max_classes": _r(1, 4096),
+                       "max_members_per_class": _r(1, 65536), "aggregate_every_s": POSITIVE,
+                       "trim": _r(0, 0.5, hi_open=True), "weight_clip": NON_NEGATIVE},
+    "RolloutPolicy": {"canary_fraction": FRACTION, "promote_after_s": NON_NEGATIVE,
+                    "max_alert_rate_factor": _r(1)},
 }
 
 #: Keys that must not exceed another key of the same table: (smaller, larger).
@@ -156,7 +165,7 @@ def check(obj, key: str) -> None:
 def check_config(config) -> None:
     """Every table of an ``AgentConfig`` against :data:`RANGES` (general tables first)."""
     check(config, "agent")
-    for key in ("mqtt", "outbox", "limits", "learning", "alerts", "resources"):
+    for key in ("mqtt", "outbox", "limits", "learning", "alerts", "resources", "fleet"):
         check(getattr(config, key), key)
     if config.replay is not None:
         check(config.replay, "replay")

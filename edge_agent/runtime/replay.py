@@ -23,6 +23,7 @@ class ReplaySummary:
     rejected: dict = field(default_factory=dict)  # machine -> Counter of rejection reasons
     alerts: list = field(default_factory=list)
     baselines: dict = field(default_factory=dict)  # machine -> channel -> regime -> coverage
+    basis: dict = field(default_factory=dict)  # machine -> Counter of "prior" / "own" verdicts
 
     def add(self, verdict: dict, alert: dict | None) -> None:
         machine = verdict["machine"]
@@ -32,6 +33,8 @@ class ReplaySummary:
             self.rejected.setdefault(machine, Counter())[verdict["reason"]] += 1
         if alert is not None:
             self.alerts.append(alert)
+        if "basis" in verdict:
+            self.basis.setdefault(machine, Counter())[verdict["basis"]] += 1
 
     def lines(self) -> list[str]:
         out = []
@@ -42,6 +45,10 @@ class ReplaySummary:
             tail = f"; first {first['severity']} at {first['ts']}" if first else ""
             out.append(f"{machine}: {self.windows[machine]} windows ({states}); "
                        f"{len(alerts)} alerts{tail}")
+            if machine in self.basis:
+                b = self.basis[machine]
+                out.append(f"  judged against the fleet prior: {b['prior']} windows, against its "
+                           f"own baseline: {b['own']} windows")
             if machine in self.rejected:
                 reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.rejected[machine].items()))
                 out.append(f"  rejected windows (never scored nor learned): {reasons}")
@@ -130,11 +137,13 @@ def _open_sink(path: str):
                          f"existing, writable directory, or '-' for standard output") from None
 
 
-def replay_command(args) -> int:
+def replay_command(args, prior=None) -> int:
+    """``edge-agent replay``; ``prior``: a verified fleet prior for every machine replayed."""
     from edge_agent.runtime.inputs import InputOptions
 
     options = InputOptions.from_args(args)
     pipeline = Pipeline(detector_config(args), AlertPolicy())
+    pipeline.default_prior = prior
     progress = Progress(enabled=not args.quiet)
     sink = _open_sink(args.jsonl) if args.jsonl else None
     say_rejected = Rejections()

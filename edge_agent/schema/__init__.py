@@ -8,6 +8,10 @@ The schemas (draft 2020-12) ship inside the package:
     ``edge-agent/machine-status/1``: retained per-machine status.
 ``agent-status``
     ``edge-agent/agent-status/1``: retained agent status and its Last Will.
+``fleet-prior``
+    ``edge-agent/fleet-prior/1``: a class's signed fleet prior (:mod:`edge_agent.fleet.document`).
+``fleet-update``
+    ``edge-agent/fleet-update/1``: one machine's baseline summary for its fleet.
 
 Every document carries ``"schema": "edge-agent/<name>/<major>"``; the schema's
 ``$id`` is ``https://edge-agent.invalid/schema/<name>/<major>``. Field meanings
@@ -22,7 +26,8 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib import resources
 
-NAMES = ("alert", "machine-status", "agent-status")
+NAMES = ("alert", "machine-status", "agent-status", "fleet-prior", "fleet-update",
+         "fleet-rollout")
 MACHINE_STATUS_SCHEMA = "edge-agent/machine-status/1"
 AGENT_STATUS_SCHEMA = "edge-agent/agent-status/1"
 
@@ -48,12 +53,14 @@ def agent_status_doc(agent: str, status: str, version: str, *, reason: str | Non
                      machines: Iterable[str] | None = None, outbox: Mapping | None = None,
                      mqtt: Mapping | None = None, lag_s: float | None = None,
                      processing: Mapping | None = None, storage: Mapping | None = None,
-                     rejected: Mapping | None = None, error: str | None = None) -> dict:
+                     rejected: Mapping | None = None, error: str | None = None,
+                     fleet: Mapping | None = None) -> dict:
     """An ``edge-agent/agent-status/1`` document; optional parts are left out when ``None``.
 
     ``storage`` is ``{state, path, free_bytes, error}``, ``rejected`` the messages
     refused before they reached a machine (``{reason: {count, examples}}``),
-    ``error`` what made a crashed agent stop.
+    ``error`` what made a crashed agent stop, ``fleet`` the fleet exchange's state
+    (:meth:`edge_agent.fleet.member.FleetMember.status`, or the aggregator's).
 
     >>> agent_status_doc("gw-1", "offline", "0.1.0", reason="connection_lost")["status"]
     'offline'
@@ -85,6 +92,8 @@ def agent_status_doc(agent: str, status: str, version: str, *, reason: str | Non
         doc["rejected"] = {k: dict(v) for k, v in rejected.items()}
     if error is not None:
         doc["error"] = error
+    if fleet is not None:
+        doc["fleet"] = dict(fleet)
     return doc
 
 

@@ -1,0 +1,284 @@
+"""The agent's side of the fleet exchange: share what a machine learned, take what its fleet
+learned (docs/fleet.md).
+
+Sharing
+    When a machine with a ``class`` has fitted its baseline, and again at most every
+    ``[fleet] publish_every_s``, its summary (a location and scale per feature, never a
+    window: :func:`edge_agent.models.prior.summary_from_detector`) is privatised
+    (:func:`edge_agent.fleet.privacy.privatise`: clipped, Gaussian noise), the spend is
+    recorded by its :class:`~edge_agent.fleet.privacy.PrivacyAccountant`, and the update
+    goes through the durable outbox, QoS 1, not retained, on
+    ``<prefix>/<site>/fleet/<class>/updates/<agent>/<machine>``. An update over
+    ``max_update_bytes`` is not sent (counted, ``too_large``); when the next update would
+    pass ``epsilon_budget`` nothing more is shared (``sharing: budget_spent``). The
+    accountant is kept in ``state_dir/fleet.json``, so a restart does not reset the budget.
+Receiving
+    The retained ``prior``, ``candidate`` and ``rollout`` documents of each class are
+    verified against ``[fleet] trust_key`` (a refusal is counted by reason in the agent
+    status and logged: ``unsigned``, ``signature``, ``wrong_class``, ``old_version``,
+    ``format``, ``features``). The signed rollout document says which version each member
+    uses (the candidate on a canary during its trial, the stable version otherwise); the
+    version a machine uses moves backward only on a newer rollout document
+    (``rolled_back``, or a hold-back taking a canary back to the stable one). Without any
+    rollout document, a ``prior`` is used only if newer than the machine's. A prior is
+    applied with :meth:`edge_agent.runtime.pipeline.Pipeline.apply_prior`, on the
+    processing thread.
+
+All work runs on the agent's processing thread (``agent.submit(("call", fn))``): the
+learning state has one owner. The MQTT handlers only queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+
+from edge_agent.fleet.document import PriorRefused, update_to_doc, verify_prior
+from edge_agent.fleet.signed import verify_rollout
+from edge_agent.frame import iso_time
+from edge_agent.mqtt.topics import TopicError, parse_topic
+
+log = logging.getLogger(__name__)
+
+#: Verified prior versions kept per class (the stable one, a candidate, a few to return to).
+KEEP_VERSIONS = 8
+#: How often the member looks for due updates (the processing thread does the work).
+TICK_S = 1.0
+UPDATE_NAMESPACE = uuid.UUID("5f0c8a52-3c1e-4d4b-9a55-6d2f1f7c9e13")
+
+
+class FleetMember:
+    """See the module docstring. ``start()`` after the link started, ``close()`` before it
+    closes; :meth:`status` is the agent status's ``fleet`` member."""
+
+    def __init__(self, agent, link, *, clock=time.time, seed: int | None = None):
+        import numpy as np
+
+        from edge_agent.fleet.keys import load_public_key
+        from edge_agent.fleet.privacy import PrivacyAccountant
+
+        self.agent, self.link, self.clock = agent, link, clock
+        config = agent.config
+        self.settings = config.fleet
+        self.classes = {m.id: m.fleet_class for m in config.machines
+                        if m.fleet_class and config.owns(m.id)}
+        self.trust = None if self.settings.trust_key is None else \
+            load_public_key(self.settings.trust_key)
+        self.rng = np.random.default_rng(seed)
+        self.path = config.state_dir / "fleet.json"
+        state = json.loads(self.path.read_text()) if self.path.exists() else {}
+        f = self.settings
+        self.machines: dict[str, dict] = {}
+        for machine, cls in self.classes.items():
+            saved = state.get("machines", {}).get(machine, {})
+            acc = saved.get("accountant")
+            self.machines[machine] = {
+                "class": cls, "last_publish_s": saved.get("last_publish_s"),
+                "updates": saved.get("updates", 0), "too_large": saved.get("too_large", 0),
+                "version": saved.get("version"),  # the version it uses (forward only)
+                "role": None, "applied": None,  # applied in this process
+                "accountant": PrivacyAccountant.from_state(acc) if acc and
+                acc["budget_epsilon"] == f.epsilon_budget and acc["delta"] == f.delta
+                else PrivacyAccountant(f.epsilon_budget, f.delta)}
+        self.rollout_seq: dict[str, int] = dict(state.get("rollout_seq", {}))
+        self.rollouts: dict[str, dict] = {}
+        self.priors: dict[str, dict[int, object]] = {}  # class -> version -> FleetPrior
+        self.published: dict[str, int] = {}  # class -> newest version on its prior topic
+        self.refused: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._timer, name="edge-agent-fleet", daemon=True)
+        topics = link.topics
+        for cls in sorted(set(self.classes.values())):
+            link.publisher.subscribe(topics.fleet_docs_filter(cls), self._on_message,
+                                     retained=True)
+
+    # -- threads ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.classes:
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _timer(self) -> None:
+        while not self._stop.wait(TICK_S):
+            self.agent.submit(("call", self.tick))
+
+    def _on_message(self, topic: str, payload: bytes) -> None:  # paho's thread: queue only
+        payload = bytes(payload)
+        self.agent.submit(("call", lambda: self.on_document(topic, payload)))
+
+    # -- sharing (processing thread) -------------------------------------------------------
+    def tick(self) -> None:
+        now = self.clock()
+        for machine in sorted(self.classes):
+            if self._due(machine, now):
+                self.share(machine, now)
+
+    def fitted(self, machine: str) -> bool:
+        """Every channel of ``machine`` heard so far has a fitted baseline."""
+        dets = [d for (m, _), d in self.agent.pipeline.detectors.items() if m == machine]
+        return bool(dets) and all(any(model.fitted for model in d.models.values())
+                                  for d in dets)
+
+    def _due(self, machine: str, now: float) -> bool:
+        m = self.machines[machine]
+        return (self.settings.share and self.fitted(machine)
+                and (m["last_publish_s"] is None
+                     or now - m["last_publish_s"] >= self.settings.publish_every_s)
+                and not m["accountant"].would_exceed(self.settings.noise_multiplier))
+
+    def share(self, machine: str, now: float) -> str | None:
+        """Build, privatise, account and queue one update of ``machine``; its id, or None."""
+        from edge_agent.fleet.privacy import MECHANISMS_PER_RELEASE, privatise
+        from edge_agent.models.prior import merge_channels, summary_from_detector
+
+        m, f = self.machines[machine], self.settings
+        cls = m["class"]
+        parts = {channel: summary_from_detector(det, class_name=cls, machine=machine,
+                                                channel=channel, with_autoencoder=False)
+                 for (mach, channel), det in sorted(self.agent.pipeline.detectors.items())
+                 if mach == machine}
+        summary = merge_channels(parts)
+        if summary is None:
+            return None
+        shared = privatise(summary, noise_multiplier=f.noise_multiplier, clip=f.clip,
+                           rng=self.rng)
+        acc = m["accountant"]
+        acc.spend(f.noise_multiplier, MECHANISMS_PER_RELEASE)
+        epsilon = acc.epsilon()
+        doc = update_to_doc(shared, agent=self.agent.config.id, created_s=now, privacy={
+            "noise_multiplier": f.noise_multiplier, "clip": f.clip, "epsilon": epsilon,
+            "delta": f.delta})
+        payload = json.dumps(doc, separators=(",", ":")).encode()
+        m["last_publish_s"] = now
+        update_id = f"{doc['agent']}/{doc['machine']}@{doc['created']}"
+        if len(payload) > f.max_update_bytes:
+            m["too_large"] += 1
+            log.error("fleet update too large; not published", extra={
+                "event": "fleet_update_too_large", "machine": machine, "bytes": len(payload),
+                "limit": f.max_update_bytes})
+        else:
+            topic = self.link.topics.fleet_update(cls, self.agent.config.id, machine)
+            self.link.publisher.enqueue(topic, payload, qos=1, priority=-1,
+                                        msg_id=str(uuid.uuid5(UPDATE_NAMESPACE, update_id)))
+            m["updates"] += 1
+            m["last_update"] = doc["created"]
+            log.info("fleet update queued", extra={
+                "event": "fleet_update_queued", "machine": machine, "class": cls,
+                "update_id": update_id, "bytes": len(payload), "epsilon": round(epsilon, 4),
+                "epsilon_budget": f.epsilon_budget})
+        if acc.would_exceed(f.noise_multiplier):
+            log.warning("privacy budget spent: this machine shares nothing more", extra={
+                "event": "fleet_budget_spent", "machine": machine, "epsilon": epsilon,
+                "epsilon_budget": f.epsilon_budget})
+        self._save()
+        return update_id
+
+    # -- receiving (processing thread) -----------------------------------------------------
+    def _refuse(self, reason: str, topic: str, detail: str) -> None:
+        self.refused[reason] += 1
+        log.warning("fleet document refused", extra={"event": "fleet_refused", "reason": reason,
+                                                     "topic": topic, "detail": detail[:200]})
+
+    def on_document(self, topic: str, payload: bytes) -> None:
+        try:
+            ref = parse_topic(topic, self.link.topics.prefix)
+        except TopicError:
+            return
+        cls = ref.fleet_class
+        if cls not in set(self.classes.values()) or not payload:
+            return  # not one of ours, or a cleared retained message
+        try:
+            doc = json.loads(payload)
+        except ValueError as exc:
+            return self._refuse("format", topic, f"not JSON: {exc}")
+        try:
+            if self.trust is None:
+                raise PriorRefused("signature", "no [fleet] trust_key: no prior can be trusted")
+            if ref.kind == "fleet_rollout":
+                self.rollouts[cls] = verify_rollout(doc, self.trust, class_name=cls,
+                                                    after_seq=self.rollout_seq.get(cls))
+                self.rollout_seq[cls] = doc["seq"]
+            else:
+                prior = verify_prior(doc, self.trust, class_name=cls)
+                if ref.kind == "fleet_prior" and prior.version < self.published.get(cls, 0):
+                    raise PriorRefused("old_version", f"version {prior.version} is older than "
+                                       f"{self.published[cls]} (a replay)")
+                versions = self.priors.setdefault(cls, {})
+                versions[prior.version] = prior
+                if ref.kind == "fleet_prior":
+                    self.published[cls] = max(self.published.get(cls, 0), prior.version)
+                for v in sorted(versions)[:-KEEP_VERSIONS]:
+                    del versions[v]
+        except PriorRefused as exc:
+            return self._refuse(exc.reason, topic, exc.detail)
+        self.reconcile(cls, fresh_rollout=ref.kind == "fleet_rollout")
+
+    def reconcile(self, cls: str, *, fresh_rollout: bool = False) -> None:
+        """Apply to each machine of ``cls`` the version it should use, when it is here."""
+        rollout, versions = self.rollouts.get(cls), self.priors.get(cls, {})
+        agent_id = self.agent.config.id
+        for machine in sorted(mach for mach, c in self.classes.items() if c == cls):
+            m = self.machines[machine]
+            if rollout is not None:
+                canary = rollout["stage"] == "canary" and f"{agent_id}/{machine}" in \
+                    rollout["canaries"]
+                target, role = ((rollout["candidate"], "candidate") if canary
+                                else (rollout["stable"], "stable"))
+            else:  # no rollout document: the newest on the prior topic (never a candidate)
+                target, role = self.published.get(cls), "stable"
+            if target is None or target not in versions or m["applied"] == target:
+                continue
+            if m["version"] is not None and target < m["version"] and (
+                    rollout is None or not fresh_rollout):
+                self._refuse("old_version", self.link.topics.fleet_prior(cls),
+                             f"{machine} uses version {m['version']}, not {target}")
+                continue
+            self.agent.pipeline.apply_prior(machine, versions[target])
+            previous = m["version"]
+            m["version"], m["applied"], m["role"] = target, target, role
+            log.info("fleet prior applied", extra={
+                "event": "fleet_prior_applied", "machine": machine, "class": cls,
+                "version": target, "previous": previous, "role": role,
+                "stage": None if rollout is None else rollout["stage"]})
+        self._save()
+
+    # -- state -----------------------------------------------------------------------------
+    def status(self) -> dict:
+        f = self.settings
+        machines = {}
+        for machine, m in sorted(self.machines.items()):
+            acc = m["accountant"]
+            sharing = ("off" if not f.share else "budget_spent"
+                       if acc.would_exceed(f.noise_multiplier) else
+                       "on" if self.fitted(machine) else "waiting_baseline")
+            machines[machine] = {"class": m["class"], "prior_version": m["applied"],
+                                 "prior_role": m["role"], "sharing": sharing,
+                                 "epsilon": round(acc.epsilon(), 6),
+                                 "epsilon_budget": f.epsilon_budget, "delta": f.delta,
+                                 "updates": m["updates"], "last_update": m.get("last_update"),
+                                 "too_large": m["too_large"]}
+        classes = {}
+        for cls in sorted(set(self.classes.values())):
+            r = self.rollouts.get(cls) or {}
+            classes[cls] = {"stage": r.get("stage", "none"), "stable": r.get("stable"),
+                            "candidate": r.get("candidate"), "reason": r.get("reason", ""),
+                            "rollout_seq": r.get("seq")}
+        return {"role": "member", "refused": dict(self.refused), "classes": classes,
+                "machines": machines}
+
+    def _save(self) -> None:
+        state = {"machines": {machine: {
+            "accountant": m["accountant"].state(), "last_publish_s": m["last_publish_s"],
+            "updates": m["updates"], "too_large": m["too_large"], "version": m["version"]}
+            for machine, m in self.machines.items()}, "rollout_seq": self.rollout_seq,
+            "saved": iso_time(self.clock())}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.path)

@@ -1,0 +1,46 @@
+"""Member summaries from recordings: commissioning a fleet prior from healthy siblings.
+
+Each recording is one member machine; its first ``baseline_windows`` running
+windows (per channel) are its healthy baseline, fitted exactly as the agent
+fits one, and the summary is what that agent would share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from edge_agent.errors import UsageError
+from edge_agent.models.detector import DetectorConfig
+from edge_agent.models.prior import MemberSummary, merge_channels, summary_from_detector
+from edge_agent.runtime.pipeline import Pipeline
+
+
+def member_from_records(records: Iterable, *, class_name: str, config: DetectorConfig,
+                        machine: str | None = None, with_autoencoder: bool = True,
+                        source: str = "the recording") -> MemberSummary:
+    """The summary of the machine of ``records`` (``(index, FeatureRecord)`` pairs of one
+    machine), once every channel seen has fitted its baseline; reading stops there."""
+    pipeline = Pipeline(config)
+    for index, record in records:
+        pipeline.process(record, index)
+        detectors = pipeline.detectors
+        if detectors and all(any(m.fitted for m in d.models.values())
+                             for d in detectors.values()) and index > 2 * len(detectors):
+            break
+    machines = {m for m, _ in pipeline.detectors}
+    if len(machines) > 1:
+        raise UsageError(f"{source} holds several machines ({', '.join(sorted(machines))}): "
+                         "give one recording per member machine")
+    unfitted = [ch for (_, ch), d in pipeline.detectors.items()
+                if not any(m.fitted for m in d.models.values())]
+    if not pipeline.detectors or unfitted:
+        raise UsageError(f"{source}: no complete baseline of {config.baseline_windows} running "
+                         f"windows{' on ' + ', '.join(unfitted) if unfitted else ''}; give a "
+                         "longer recording or a smaller --baseline-windows")
+    name = machine or next(iter(machines))
+    several = len(pipeline.detectors) > 1
+    parts = {ch: summary_from_detector(d, class_name=class_name, machine=name,
+                                       channel=ch if several else None,
+                                       with_autoencoder=with_autoencoder)
+             for (_, ch), d in pipeline.detectors.items()}
+    return merge_channels(parts)

@@ -1,0 +1,360 @@
+"""The fleet exchange's two ends without a network: the agent's FleetMember (with a real
+Agent fitted on FEMTO snapshots and its real, unstarted AgentLink: outbox and publisher)
+and the Aggregator (real, unstarted publisher). The bridged-broker scenario is in
+tests/test_fleet_bridge.py; the ACL in tests/test_fleet_acl.py."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import jsonschema
+import numpy as np
+import pytest
+
+from edge_agent.fleet.aggregate import aggregate
+from edge_agent.fleet.aggregator import Aggregator
+from edge_agent.fleet.aggregator_config import load_fleet_config, parse_fleet_config
+from edge_agent.fleet.document import sign_prior, update_to_doc, verify_prior
+from edge_agent.fleet.keys import keygen, load_private_key, load_public_key
+from edge_agent.fleet.member import FleetMember
+from edge_agent.fleet.rollout import Rollout, RolloutPolicy
+from edge_agent.fleet.signed import rollout_doc, sign_document
+from edge_agent.models.prior import merge_channels, summary_from_detector
+from edge_agent.mqtt.link import AgentLink
+from edge_agent.mqtt.topics import Topics
+from edge_agent.runtime.agent import Agent
+from edge_agent.runtime.config import ConfigError, parse_config
+from edge_agent.schema import load_schema
+from tests.conftest import REPO
+from tests.test_fleet_bridge import snapshots
+
+CLASS = "femto-c1"
+MACHINE, OTHER = "femto-bearing1_1", "femto-x"
+T = Topics("plant", "site1", "line-3")
+
+
+def validate(name, doc):
+    jsonschema.Draft202012Validator(load_schema(name)).validate(doc)
+    return doc
+
+
+class Clock:
+    def __init__(self, t=1.7e9):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    private, public = keygen(tmp_path_factory.mktemp("keys"))
+    other, _ = keygen(tmp_path_factory.mktemp("other-keys"))
+    return {"key": load_private_key(private), "pub": public, "other": load_private_key(other),
+            "key_path": private}
+
+
+def member_for(tmp_path, keys, **fleet):
+    extra = "".join(f"{k} = {v}\n" for k, v in fleet.items())
+    config = parse_config(f"""
+[agent]
+id = "gw-1"
+state_dir = "{tmp_path / 'state'}"
+[topics]
+prefix = "plant"
+site = "site1"
+area = "line-3"
+[fleet]
+trust_key = "{keys['pub']}"
+publish_every_s = 60.0
+{extra}
+[[machine]]
+id = "{MACHINE}"
+class = "{CLASS}"
+bearing = "pronostia"
+channels = ["horizontal", "vertical"]
+[machine.learning]
+baseline_windows = 20
+[[machine]]
+id = "{OTHER}"
+class = "{CLASS}"
+""")
+    agent = Agent(config)
+    agent.process(snapshots(MACHINE, 0, 22), live=False)
+    link = AgentLink(agent)
+    clock = Clock()
+    member = FleetMember(agent, link, clock=clock, seed=1)
+    agent.fleet = member
+    return agent, link, member, clock
+
+
+@pytest.fixture
+def fitted(tmp_path, keys):
+    agent, link, member, clock = member_for(tmp_path, keys)
+    yield agent, link, member, clock
+    link.close(drain_s=0)
+
+
+def own_summary(agent):
+    parts = {c: summary_from_detector(d, class_name=CLASS, machine=MACHINE, channel=c)
+             for (m, c), d in agent.pipeline.detectors.items() if m == MACHINE}
+    return merge_channels(parts)
+
+
+def signed_prior(agent, key, version, class_name=CLASS):
+    s = own_summary(agent)
+    members = [replace(s, machine=f"m{i}", class_name=class_name) for i in range(3)]
+    return sign_prior(aggregate(members, class_name=class_name, version=version,
+                                created_s=1.7e9), key)
+
+
+def send(member, topic, doc):
+    member.on_document(topic, json.dumps(doc).encode())
+
+
+# -- sharing ------------------------------------------------------------------------------------
+def test_an_update_is_privatised_accounted_bounded_and_queued_in_the_outbox(fitted):
+    agent, link, member, clock = fitted
+    assert member.fitted(MACHINE) and not member.fitted(OTHER)
+    member.tick()
+    pending = link.outbox.pending()
+    assert [m.topic for m in pending] == [T.fleet_update(CLASS, "gw-1", MACHINE)]
+    assert len(pending[0].payload) <= 65536 and pending[0].qos == 1 and not pending[0].retain
+    doc = validate("fleet-update", json.loads(pending[0].payload))
+    assert doc["autoencoder"] is None and doc["privacy"]["epsilon"] > 0
+    raw = own_summary(agent)
+    shared = np.array([f["location"] for f in doc["features"]])
+    assert not np.allclose(shared, raw.location)  # noise was added ...
+    assert np.abs(shared - raw.location).max() < 1.0  # ... and the summary still means something
+    member.tick()
+    assert len(link.outbox.pending()) == 1  # at most every publish_every_s
+    clock.t += 61
+    member.tick()
+    assert len(link.outbox.pending()) == 2
+    status = member.status()["machines"]
+    assert status[MACHINE]["sharing"] == "on" and status[MACHINE]["updates"] == 2
+    assert status[OTHER]["sharing"] == "waiting_baseline"
+
+
+def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path, keys):
+    from dp_accounting import GaussianDpEvent, rdp
+
+    agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=3.0,
+                                            noise_multiplier=4.0)
+    try:
+        for _ in range(20):
+            member.tick()
+            clock.t += 61
+        sent = len(link.outbox.pending())
+        status = member.status()["machines"][MACHINE]
+        assert 1 <= sent < 20 and status["sharing"] == "budget_spent"
+        acc = rdp.RdpAccountant()
+        acc.compose(GaussianDpEvent(4.0), 2 * sent)  # two Gaussian mechanisms per update
+        assert status["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+        assert status["epsilon"] <= 3.0
+        link.close(drain_s=0)
+        # the budget is not reset by a restart
+        agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=3.0,
+                                                noise_multiplier=4.0)
+        member.tick()
+        assert member.status()["machines"][MACHINE]["sharing"] == "budget_spent"
+        assert len(link.outbox.pending()) == sent
+    finally:
+        link.close(drain_s=0)
+
+
+# -- receiving ----------------------------------------------------------------------------------
+def test_bad_priors_are_refused_by_reason_and_counted_a_good_one_is_applied(fitted, keys):
+    agent, link, member, clock = fitted
+    good = signed_prior(agent, keys["key"], 1)
+    tampered = json.loads(json.dumps(good))
+    tampered["features"][0]["location"] += 0.5
+    unsigned = {k: v for k, v in good.items() if k != "signature"}
+    topic = T.fleet_prior(CLASS)
+    send(member, topic, tampered)
+    send(member, topic, unsigned)
+    send(member, topic, signed_prior(agent, keys["other"], 1))  # another key
+    send(member, topic, signed_prior(agent, keys["key"], 1, class_name="fan-9"))
+    member.on_document(topic, b"{not json")
+    assert agent.pipeline.priors == {}
+    assert member.status()["refused"] == {"signature": 2, "unsigned": 1, "wrong_class": 1,
+                                          "format": 1}
+    send(member, topic, good)
+    assert agent.pipeline.priors[MACHINE].version == 1 and agent.pipeline.priors[OTHER].version == 1
+    send(member, topic, signed_prior(agent, keys["key"], 2))
+    assert agent.pipeline.priors[MACHINE].version == 2
+    send(member, topic, good)  # an older version replayed
+    assert agent.pipeline.priors[MACHINE].version == 2
+    send(member, topic, signed_prior(agent, keys["key"], 2))  # the same again (a reconnect)
+    assert member.status()["refused"]["old_version"] == 1  # the replay only
+    status = member.status()
+    assert status["machines"][MACHINE]["prior_version"] == 2
+    link.publish_status()  # the agent status with its fleet member validates
+    validate("agent-status", link.publisher._agent_status("online", **link.publisher._agent_parts))
+
+
+def rollout_at(stage_changes, key):
+    r = Rollout(CLASS, RolloutPolicy(canaries=(f"gw-1/{MACHINE}",), promote_after_s=10))
+    docs = []
+    for change in stage_changes:
+        change(r)
+        docs.append(validate("fleet-rollout", sign_document(rollout_doc(r, created_s=1.7e9), key)))
+    return docs
+
+
+def test_the_signed_rollout_decides_who_uses_what_and_only_it_moves_a_version_back(fitted, keys):
+    agent, link, member, clock = fitted
+    members = [f"gw-1/{MACHINE}", f"gw-1/{OTHER}"]
+    promoted1, trial2, promoted2, trial3, rolled_back = rollout_at([
+        lambda r: (r.propose(1, now_s=0, members=members), r.evaluate(10)),
+        lambda r: r.propose(2, now_s=10, members=members),
+        lambda r: r.evaluate(20),
+        lambda r: r.propose(3, now_s=20, members=members),
+        lambda r: r.rollback(21)], keys["key"])
+    for v in (1, 2, 3):
+        send(member, T.fleet_doc(CLASS, "candidate"), signed_prior(agent, keys["key"], v))
+    send(member, T.fleet_doc(CLASS, "rollout"), promoted1)
+    assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 1, OTHER: 1}
+    send(member, T.fleet_doc(CLASS, "rollout"), trial2)
+    assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 2, OTHER: 1}
+    assert member.status()["machines"][MACHINE]["prior_role"] == "candidate"
+    send(member, T.fleet_doc(CLASS, "rollout"), promoted2)
+    send(member, T.fleet_doc(CLASS, "rollout"), trial3)
+    assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 3, OTHER: 2}
+    send(member, T.fleet_doc(CLASS, "rollout"), trial2)  # an old rollout replayed
+    assert member.status()["refused"] == {"old_version": 1}
+    forged = {**rolled_back, "stable": 3}  # a rollout that the aggregator did not sign
+    send(member, T.fleet_doc(CLASS, "rollout"), forged)
+    assert member.status()["refused"] == {"old_version": 1, "signature": 1}
+    send(member, T.fleet_doc(CLASS, "rollout"), rolled_back)  # 3 dropped, back to 1
+    assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 1, OTHER: 1}
+    assert member.status()["classes"][CLASS]["stage"] == "rolled_back"
+
+
+# -- the aggregator -----------------------------------------------------------------------------
+FLEET_TOML = """
+[aggregator]
+id = "fleet-agg-1"
+state_dir = "{state}"
+key = "{key}"
+share_group = ""
+max_classes = 2
+max_members_per_class = 4
+aggregate_every_s = 100.0
+[rollout]
+canaries = ["gw-0/m0"]
+promote_after_s = 50.0
+[topics]
+prefix = "plant"
+site = "site1"
+"""
+
+
+@pytest.fixture
+def aggregator(tmp_path, keys):
+    path = tmp_path / "fleet.toml"
+    path.write_text(FLEET_TOML.format(state=tmp_path / "agg", key=keys["key_path"]))
+    clock = Clock()
+    agg = Aggregator(load_fleet_config(path), clock=clock)
+    yield agg, clock
+    agg.outbox.close()  # (twice is harmless)
+
+
+def update(summary, agent, machine, t, factor=1.0):
+    s = replace(summary, machine=machine, location=summary.location + np.log10(factor) * summary.log)
+    return T.fleet_update(CLASS, agent, machine), json.dumps(update_to_doc(
+        s, agent=agent, created_s=t)).encode()
+
+
+def test_the_aggregator_builds_a_robust_signed_prior_rolls_it_out_and_rolls_back(fitted, keys,
+                                                                                  aggregator):
+    agent, _, _, _ = fitted
+    agg, clock = aggregator
+    summary = own_summary(agent)
+    for i in range(3):
+        agg.handle(("update",) + update(summary, f"gw-{i}", f"m{i}", clock.t))
+    agg.handle(("update",) + update(summary, "gw-9", "evil", clock.t, factor=10.0))  # poisoned
+    agg.tick()
+    doc = agg.priors[CLASS][1]
+    prior = verify_prior(doc, load_public_key(keys["pub"]), class_name=CLASS)
+    assert prior.members == 3 and prior.provenance["excluded"] == ["evil"]  # set aside
+    honest = summary.typical()
+    for name, value in prior.typical().items():  # the poisoned member moved nothing
+        assert value == pytest.approx(honest[name], rel=1e-6), name
+    status = agg.status()["classes"][CLASS]
+    assert (status["stage"], status["candidate"], status["stable"]) == ("canary", 1, None)
+    clock.t += 50
+    agg.tick()
+    assert agg.rollouts[CLASS].stable == 1
+    # version 2: its canary alerts twice during the trial, none before: held back
+    clock.t += 100
+    agg.handle(("update",) + update(summary, "gw-1", "m1", clock.t))
+    agg.tick()
+    for _ in range(2):
+        agg.handle(("alert", "plant/site1/line-3/m0/alerts", json.dumps(
+            {"agent": "gw-0", "machine": "m0", "severity": "warning"}).encode()))
+    clock.t += 50
+    agg.tick()
+    status = agg.status()["classes"][CLASS]
+    assert status["stage"] == "held_back" and status["stable"] == 1
+    assert status["reason"] == ("version 2 held back: canary alerts 2 in 50 s against 0 before "
+                                "(factor 1.5)")
+    # version 3 is promoted, and the operator's cmd/fleet-rollback returns to 1
+    clock.t += 100
+    agg.handle(("update",) + update(summary, "gw-2", "m2", clock.t))
+    agg.tick()
+    clock.t += 50
+    agg.tick()
+    assert agg.rollouts[CLASS].stable == 3
+    agg.handle(("rollback", T.fleet_rollback(CLASS), b"{}"))
+    assert agg.rollouts[CLASS].stable == 1 and agg.rollouts[CLASS].stage == "rolled_back"
+    retained = json.loads(agg.publisher._statuses._docs[T.fleet_prior(CLASS)].payload)
+    assert retained["version"] == 1 and retained == agg.priors[CLASS][1]
+    rollout = json.loads(agg.publisher._statuses._docs[T.fleet_doc(CLASS, "rollout")].payload)
+    validate("fleet-rollout", rollout)
+    assert [h["stage"] for h in rollout["history"]] == ["canary", "promoted", "canary",
+                                                         "held_back", "canary", "promoted",
+                                                         "rolled_back"]
+    # a restart keeps members, versions and the rollout
+    agg.outbox.close()
+    again = Aggregator(agg.config, clock=clock)
+    assert again.rollouts[CLASS].to_dict() == agg.rollouts[CLASS].to_dict()
+    assert set(again.members[CLASS]) == set(agg.members[CLASS])
+    again.outbox.close()
+
+
+def test_the_aggregator_bounds_what_the_network_names_and_refuses_by_reason(fitted, aggregator):
+    agent, _, _, _ = fitted
+    agg, clock = aggregator
+    summary = own_summary(agent)
+    for i in range(6):  # 4 members per class: the least recently heard go
+        agg.handle(("update",) + update(summary, f"gw-{i}", f"m{i}", clock.t + i))
+    assert list(agg.members[CLASS]) == [f"gw-{i}/m{i}" for i in range(2, 6)]
+    topic, payload = update(summary, "gw-1", "m1", clock.t)
+    for cls in ("c2", "c3"):  # two classes at most
+        doc = {**json.loads(payload), "class": cls}
+        agg.handle(("update", T.fleet_update(cls, "gw-1", "m1"), json.dumps(doc).encode()))
+    agg.handle(("update", T.fleet_update(CLASS, "gw-1", "other"), payload))  # names another
+    agg.handle(("update", topic, b"x" * 70_000))
+    agg.handle(("update", topic, b"[1, 2]"))
+    agg.handle(("update", "plant/site1/fleet/femto-c1/updates/gw-1", payload))
+    assert set(agg.members) == {CLASS, "c2"}
+    assert agg.status()["refused"] == {"too_many_classes": 1, "bad_topic": 2, "oversized": 1,
+                                       "format": 1}
+    validate("agent-status", agg.publisher._agent_status("online", fleet=agg.status()))
+
+
+def test_the_example_fleet_toml_parses_and_errors_name_the_key(tmp_path):
+    config = load_fleet_config(REPO / "deploy" / "fleet" / "fleet.example.toml")
+    assert config.aggregator.share_group == "fleet-aggregators"
+    assert config.mqtt.status_max_bytes == 1 << 20  # priors may be larger than a status
+    base = FLEET_TOML.format(state=tmp_path, key=tmp_path / "k")
+    for line, message in [("min_members = 0", "aggregator.min_members = 0 is out of range"),
+                          ("method = 'mean'", "aggregator.method: 'mean'"),
+                          ("canaries = ['m0']", "rollout.canaries[0]: 'm0' must be"),
+                          ("colour = 1", "aggregator.colour: unknown key")]:
+        table = "[rollout]" if "canaries" in line else "[aggregator]"
+        text = base.replace("canaries = [\"gw-0/m0\"]\n", "") if "canaries" in line else base
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            parse_fleet_config(text.replace(table + "\n", f"{table}\n{line}\n"))
