@@ -197,3 +197,16 @@ def test_an_operator_confirms_a_held_baseline_over_mqtt_and_a_sensor_cannot(tmp_
             stop.set()
             worker.join(30)
             agent.close()
+
+
+def test_a_member_recording_without_a_complete_baseline_is_a_clear_error(femto_horizontal):
+    from edge_agent.errors import UsageError
+    from edge_agent.fleet.offline import member_from_records
+
+    records = list(enumerate(femto_horizontal[:60]))
+    with pytest.raises(UsageError, match="no complete baseline of 120 running windows"):
+        member_from_records(records, class_name="c", config=DetectorConfig(), source="short.npz")
+    member = member_from_records(list(enumerate(femto_horizontal[:200])), class_name="c",
+                                 config=DetectorConfig())
+    assert member.windows == 120 and member.ae_weights is not None
+    assert not any("/" in n for n in member.feature_names)  # one channel: plain names
