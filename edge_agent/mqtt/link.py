@@ -23,6 +23,7 @@ from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.sender import publish_size
 from edge_agent.mqtt.topics import TopicError, Topics
 from edge_agent.runtime.agent import agent_version
+from edge_agent.runtime.feedback import public as feedback_public
 from edge_agent.runtime.validation import PayloadError
 from edge_agent.schema import channel_status, machine_status_doc
 
@@ -211,4 +212,5 @@ def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:
     return machine_status_doc(agent.config.id, machine, channels,
                               outbox_depth=outbox_depth,
                               model_version=agent_version(agent, machine),
-                              last_alert=agent.last_alert.get(machine), ts_s=agent.clock())
+                              last_alert=agent.last_alert.get(machine), ts_s=agent.clock(),
+                              feedback=feedback_public(agent.pipeline.alerters.get(machine)))

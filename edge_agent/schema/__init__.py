@@ -8,6 +8,9 @@ The schemas (draft 2020-12) ship inside the package:
     ``edge-agent/machine-status/1``: retained per-machine status.
 ``agent-status``
     ``edge-agent/agent-status/1``: retained agent status and its Last Will.
+``feedback``
+    ``edge-agent/feedback/1``: an operator's label on an alert (``cmd/feedback``), which the
+    agent receives.
 
 Every document carries ``"schema": "edge-agent/<name>/<major>"``; the schema's
 ``$id`` is ``https://edge-agent.invalid/schema/<name>/<major>``. Field meanings
@@ -22,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib import resources
 
-NAMES = ("alert", "machine-status", "agent-status")
+NAMES = ("alert", "machine-status", "agent-status", "feedback")
 MACHINE_STATUS_SCHEMA = "edge-agent/machine-status/1"
 AGENT_STATUS_SCHEMA = "edge-agent/agent-status/1"
 
@@ -122,7 +125,8 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
 
 def machine_status_doc(agent: str, machine: str, channels: Mapping[str, dict], *,
                        outbox_depth: int, model_version: str | None,
-                       last_alert: Mapping | None = None, ts_s: float | None = None) -> dict:
+                       last_alert: Mapping | None = None, ts_s: float | None = None,
+                       feedback: Mapping | None = None) -> dict:
     """An ``edge-agent/machine-status/1`` document from :func:`channel_status` entries.
 
     The machine's ``state`` is the worst alert state of its monitored
@@ -148,4 +152,6 @@ def machine_status_doc(agent: str, machine: str, channels: Mapping[str, dict], *
     if last_alert is not None:
         doc["last_alert"] = {"id": last_alert["id"], "severity": last_alert["severity"],
                              "ts": last_alert["ts"]}
+    if feedback is not None:  # operators' labels (edge_agent.runtime.feedback.public)
+        doc["feedback"] = dict(feedback)
     return doc
