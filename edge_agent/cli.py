@@ -170,11 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
 
+    from edge_agent.mqtt.feedback_command import add_feedback_parser
     from edge_agent.mqtt.operator import add_alerts_parser
     from edge_agent.report.command import add_report_parser, report_command
 
     add_alerts_parser(sub).set_defaults(func=_cmd_alerts)
     add_report_parser(sub).set_defaults(func=report_command)
+    add_feedback_parser(sub)
     return parser
 
 

@@ -121,6 +121,7 @@ class AgentLink:
         self.publisher.subscribe(self.topics.features_filter(),
                                  lambda t, p: ingest_message(agent, t, p))
         self.publisher.subscribe(self.topics.rebaseline_filter(), self._on_rebaseline)
+        self.publisher.subscribe(self.topics.feedback_filter(), self._on_feedback)
 
     def start(self) -> None:
         self.publisher.start()
@@ -136,6 +137,26 @@ class AgentLink:
                                           else "unknown_command", topic, refusal[1])
             return
         self.agent.submit(("rebaseline", ref.machine))
+
+    def _on_feedback(self, topic: str, payload: bytes) -> None:
+        """An operator's label: the topic checked here, the label on the processing thread
+        (:func:`edge_agent.runtime.feedback.on_agent`), which counts what it refuses."""
+        import json
+
+        ref, refusal = _refusal(self.agent, self.topics, topic)
+        if ref is not None and ref.machine is not None and not self.agent.config.owns(ref.machine):
+            return
+        if refusal is None and not self.agent.known(ref.machine):
+            refusal = ("unknown_command", "feedback for a machine this agent does not handle")
+        if refusal is not None:
+            self.agent.rejections.refused(refusal[0] if refusal[0] != "unknown_machine"
+                                          else "unknown_command", topic, refusal[1])
+            return
+        try:
+            doc = json.loads(payload[:4096]) if len(payload) <= 4096 else None
+        except ValueError:
+            doc = None
+        self.agent.submit(("feedback", ref.machine, doc, topic))
 
     def alert_states(self) -> dict[str, tuple[int, str]]:
         """Each machine's alert state as its last committed alert left it (for restore)."""

@@ -9,6 +9,7 @@ Every topic lives under a configurable *prefix* (one or more levels, e.g.
     <prefix>/<site>/<area>/<machine>/<channel>/raw          raw frames (subscribed)
     <prefix>/<site>/<area>/<machine>/<channel>/features     smart-sensor features (subscribed)
     <prefix>/<site>/<area>/<machine>/cmd/rebaseline         re-baseline command (subscribed)
+    <prefix>/<site>/<area>/<machine>/cmd/feedback           an operator's label on an alert (subscribed)
 
 Site, area, machine, channel and agent names match ``[a-z0-9_.-]+`` (the
 names the readers produce). ``agents`` is not a valid site and ``cmd`` not a
@@ -27,7 +28,7 @@ PREFIX_LEVEL_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 RESERVED_SITES = frozenset({"agents"})
 RESERVED_CHANNELS = frozenset({"cmd"})
 #: Kinds a received topic can have (see :func:`Topics.parse`).
-KINDS = ("alerts", "status", "agent_status", "raw", "features", "rebaseline")
+KINDS = ("alerts", "status", "agent_status", "raw", "features", "rebaseline", "feedback")
 
 
 class TopicError(ValueError):
@@ -140,6 +141,9 @@ class Topics:
     def rebaseline(self, machine: str) -> str:
         return f"{self.machine_root(machine)}/cmd/rebaseline"
 
+    def feedback(self, machine: str) -> str:
+        return f"{self.machine_root(machine)}/cmd/feedback"
+
     @staticmethod
     def _channel_ok(channel: str) -> str:
         check_name(channel, "channel")
@@ -156,6 +160,9 @@ class Topics:
 
     def rebaseline_filter(self) -> str:
         return f"{self.prefix}/{self.site}/+/+/cmd/rebaseline"
+
+    def feedback_filter(self) -> str:
+        return f"{self.prefix}/{self.site}/+/+/cmd/feedback"
 
     def parse(self, topic: str) -> TopicRef:
         """Validate a received topic and say what it is about (:class:`TopicError` if not ours)."""
@@ -186,8 +193,8 @@ def parse_topic(topic: str, prefix: str) -> TopicRef:
     if len(levels) == 4 and levels[3] in ("alerts", "status"):
         site, area, machine, kind = levels
         return TopicRef(kind, *_place(site, area, machine))
-    if len(levels) == 5 and levels[3:] == ["cmd", "rebaseline"]:
-        return TopicRef("rebaseline", *_place(*levels[:3]))
+    if len(levels) == 5 and levels[3] == "cmd" and levels[4] in ("rebaseline", "feedback"):
+        return TopicRef(levels[4], *_place(*levels[:3]))
     if len(levels) == 5 and levels[4] in ("raw", "features"):
         site, area, machine, channel, kind = levels
         return TopicRef(kind, *_place(site, area, machine), Topics._channel_ok(channel))

@@ -251,3 +251,30 @@ def public(alerter) -> dict | None:
         return None
     return {"labels": [dict(x) for x in fb["labels"][-ALERT_LABELS:]],
             "held_open": fb["held"], "tolerated_channels": sorted(fb["tolerance"])}
+
+
+def on_agent(agent, machine: str, doc, topic: str) -> list[dict]:
+    """Apply a label received on ``topic`` in the agent's processing thread; returns the
+    alerts it raised (committed like any other). Refusals are counted by reason."""
+    import logging
+
+    try:
+        if doc is None:
+            raise FeedbackRefused("bad_feedback", "not JSON (or over 4 kB)")
+        done, alert = agent.pipeline.feedback(machine, doc)
+    except FeedbackRefused as exc:
+        agent.rejections.refused(exc.reason, topic, str(exc))
+        return []
+    agent.stats["feedback"] += 1
+    if done == "maintenance_done":  # as cmd/rebaseline: the agent's side of it too
+        agent.windowers.pop(machine, None)
+        agent.fitted = {f for f in agent.fitted if f[0] != machine}
+    alerter = agent.pipeline.alerters.get(machine)
+    for (m, channel), view in agent.channel_view.items():  # the status says it at once
+        if m == machine and alerter is not None and view.get("state") in ("warning", "alarm"):
+            view["state"] = alerter.channel_state(channel).state
+    agent._checkpoint_due = True  # labels are learned state: kept at once
+    logging.getLogger(__name__).info("feedback applied", extra={
+        "event": "feedback_applied", "machine": machine, "label": doc.get("label"),
+        "alert_id": doc.get("alert_id"), "done": done})
+    return [agent.raise_alert(alert, live=True)] if alert is not None else []
