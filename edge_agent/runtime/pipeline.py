@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from edge_agent import __version__
-from edge_agent.runtime import feedback
+from edge_agent.runtime import feedback, indicators
 from edge_agent.runtime.alerts import AlertPolicy, MachineAlerter
 from edge_agent.frame import FeatureRecord, iso_time
 from edge_agent.models.detector import ChannelDetector, DetectorConfig
@@ -47,6 +47,7 @@ class Pipeline:
         #: starts with it (a redelivered frame) as ``duplicate``.
         self.last_start_s: dict[tuple[str, str], float] = {}
         self._behind: dict[tuple[str, str], int] = {}  # windows in a row before last_start_s
+        self.latest: dict[tuple[str, str], FeatureRecord] = {}  # for an alert's envelope spectrum
 
     def detector(self, machine: str, channel: str) -> ChannelDetector:
         key = (machine, channel)
@@ -87,12 +88,20 @@ class Pipeline:
                                   index), None
         self.last_start_s[key] = record.start_s
         self._behind.pop(key, None)
+        self.latest[key] = record
+        indicators.learn_baseline(detector, record, verdict)
         model = detector.models.get(verdict.regime)
         fitted = model is not None and model.fitted
         version = f"{__version__}+g{detector.generation}.u{detector.updates}"
         alert = alerter.update(record.channel, verdict, record, model.reference if fitted else {},
                                version, detector.generation,
                                spread=model.reference_spread if fitted else None)
+        if alert is not None:
+            lead = (record.machine, alert["channel"])
+            spectrum = indicators.alert_spectrum(self.detectors.get(lead), alert["channel"],
+                                                 self.latest.get(lead))
+            if spectrum is not None:
+                alert["envelope_spectrum"] = spectrum
         state = (verdict.phase if verdict.phase != "monitoring"
                  else alerter.channel_state(record.channel).state)
         out = {"kind": "verdict", "machine": record.machine, "channel": record.channel,
@@ -105,6 +114,9 @@ class Pipeline:
         if verdict.phase == "baselining" and not verdict.learned:
             out["baseline_held"] = True  # the machine is in warning or alarm: nothing learned
         out["alarm_threshold"] = verdict.alarm_threshold
+        physical = indicators.indicators(record)
+        if physical is not None:
+            out["indicators"] = physical
         return out, alert
 
     def _out_of_time(self, record: FeatureRecord, previous: float) -> FeatureRecord:

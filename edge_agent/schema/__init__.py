@@ -96,7 +96,8 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
                    alarm_threshold: float | None = None, regime: str | None = None,
                    last_window_s: float | None = None, windows: int | None = None,
                    sensor_health: str = "no_data", rejected: Mapping[str, int] | None = None,
-                   baseline: Mapping | None = None, baseline_held: bool = False) -> dict:
+                   baseline: Mapping | None = None, baseline_held: bool = False,
+                   indicators: Mapping | None = None) -> dict:
     """One entry of a machine status's ``channels`` (see the schema for each field).
 
     ``baseline`` is what the current regime's baseline covered
@@ -115,6 +116,8 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
         entry["windows"] = int(windows)
     if baseline_held:
         entry["baseline_held"] = True
+    if indicators:
+        entry["indicators"] = dict(indicators)
     if baseline is not None and baseline.get("from_s") is not None:
         entry["baseline"] = {"from": iso_time(baseline["from_s"]), "to": iso_time(baseline["to_s"]),
                              "windows": int(baseline["windows"]),
