@@ -33,7 +33,11 @@ RUN_BY = {
     r"edge-agent replay sample_data/cwru/normal_0_97\.mat": ["tests/test_cli.py::test_the_readme_alert_example_is_what_replay_writes"],
     r"edge-agent replay RECORDING": ["tests/test_cli.py::test_replay_jsonl_verdicts_and_alerts"],
     r"edge-agent features": ["tests/test_cli.py::test_features_prints_documented_fields"],
-    r"edge-agent alerts": ["tests/test_mqtt.py::test_alerts_command_prints_each_alert_once"],
+    r"edge-agent alerts": ["tests/test_mqtt.py::test_alerts_command_prints_each_alert_once",
+                           "tests/test_operator_reconnect.py::"
+                           "test_alerts_says_when_the_connection_is_lost_and_regained"],
+    r"edge-agent feedback": ["tests/test_feedback_mqtt.py::"
+                             "test_feedback_round_trips_through_the_shipped_broker"],
     r"edge-agent report": ["tests/test_report.py::test_report_of_a_replay"],
     r"edge-agent --version": ["tests/test_cli.py::test_version_and_help_on_every_command"],
     r"mosquitto_sub -h localhost": ["tests/test_agent.py::test_the_local_try_it_config_against_a_stock_mosquitto"],

@@ -5,8 +5,9 @@ An operator labels an alert it raised (``…/<machine>/cmd/feedback``, or
 
 * ``false_alarm``: the machine goes back to normal at once (a ``normal`` alert closes
   the episode, saying so), and the evidence that triggered the alert gets a
-  **tolerance**: on the labelled channels, a window whose score is no higher than
-  ``SCORE_MARGIN`` × the labelled alert's (against the threshold) is not anomalous,
+  **tolerance**: on the alert's leading channel (whose score and evidence it reported),
+  a window whose score is no higher than ``SCORE_MARGIN`` × the labelled alert's
+  (against the threshold) is not anomalous,
   evidence no stronger than ``EVIDENCE_MARGIN`` × what the alert reported is not
   evidence, and windows scoring up to the tolerated score (never above the alarm
   threshold) may be learned from. The tolerance is **bounded**: the score by what the
@@ -219,7 +220,9 @@ def apply(alerter, label: dict, at_s: float | None = None) -> str:
     now = at_s if at_s is not None else (fb["last_s"] or alert["ts_s"])
     fb["labels"] = (fb["labels"] + [{**label, "ts_s": now}])[-MAX_LABELS:]
     if label["label"] == "false_alarm":
-        for channel in alert["channels"]:
+        # The leading channel's: the score and evidence the alert reported are its own (the
+        # others listed were merely not normal; a fault there must not be tolerated)
+        for channel in alert["channels"][:1]:
             fb["tolerance"][channel] = {"score_ratio": (alert["score_ratio"] or 1.0) * SCORE_MARGIN,
                                         "alarm_ratio": alert["alarm_ratio"],
                                         "evidence": {k: v * EVIDENCE_MARGIN
