@@ -15,6 +15,7 @@ channel), which must be the same.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
                         help="also with these seeds of the learners (the default's first "
                              "alerts are on the failing bearings)")
     args = parser.parse_args(argv)
+    logging.getLogger("edge_agent").setLevel(logging.ERROR)  # each label logs a warning
     path = args.data / "ims" / "aggregated" / "test1_raw.csv"
     started = time.monotonic()
     records = list(feature_records(InputOptions(recordings=(path,))))
