@@ -455,6 +455,8 @@ if [ "$BROKER_UP" = 1 ]; then
         if [ "$got" = "$want" ]; then acl_report+=("$what $want"); else acl_ok=0; acl_report+=("$what: expected $want, got $got"); fi
     }
     expect allowed "operator re-baseline" operator acme/hamburg/line-3/pump-7/cmd/rebaseline
+    expect allowed "operator feedback" operator acme/hamburg/line-3/pump-7/cmd/feedback
+    expect denied "sensor feedback" sensor acme/hamburg/line-3/pump-7/cmd/feedback
     expect denied "operator alert" operator acme/hamburg/line-3/pump-7/alerts
     expect denied "operator raw" operator acme/hamburg/line-3/pump-7/de/raw
     expect allowed "sensor raw" sensor acme/hamburg/line-3/pump-7/de/raw

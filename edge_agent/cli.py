@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
 
+    from edge_agent.mqtt.feedback_command import add_feedback_parser
     from edge_agent.mqtt.operator import add_alerts_parser
     from edge_agent.report.command import add_report_parser, report_command
 
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fleet_parser(sub, input_options=_add_input_options, ranged=_ranged,
                      extra=(add_aggregate_parser,))
+    add_feedback_parser(sub)
     return parser
 
 

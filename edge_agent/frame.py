@@ -86,3 +86,8 @@ class FeatureRecord:
     source: str = ""
     rejected: str | None = None
     detail: str = ""
+    #: Not features: the window's compact envelope spectrum ``(df_hz, amplitudes)`` and its
+    #: ISO 20816-3 class ``"group/foundation"``, when our own DSP made the record (for alerts'
+    #: plots and the report).
+    envelope: tuple | None = field(default=None, compare=False, repr=False)
+    iso_class: str | None = field(default=None, compare=False, repr=False)

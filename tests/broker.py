@@ -38,12 +38,14 @@ topic read {PREFIX}/{SITE}/+/+/+/raw
 topic read {PREFIX}/{SITE}/+/+/+/features
 topic read {PREFIX}/{SITE}/+/+/cmd/rebaseline
 topic read {PREFIX}/{SITE}/+/+/cmd/fleet-confirm
+topic read {PREFIX}/{SITE}/+/+/cmd/feedback
 
 # operators read everything and may only order a re-baseline or confirm a fleet-held baseline
 user operator
 topic read {PREFIX}/#
 topic write {PREFIX}/+/+/+/cmd/rebaseline
 topic write {PREFIX}/+/+/+/cmd/fleet-confirm
+topic write {PREFIX}/+/+/+/cmd/feedback
 
 # sensors publish frames and features only
 user sensor

@@ -33,7 +33,11 @@ RUN_BY = {
     r"edge-agent replay sample_data/cwru/normal_0_97\.mat": ["tests/test_cli.py::test_the_readme_alert_example_is_what_replay_writes"],
     r"edge-agent replay RECORDING": ["tests/test_cli.py::test_replay_jsonl_verdicts_and_alerts"],
     r"edge-agent features": ["tests/test_cli.py::test_features_prints_documented_fields"],
-    r"edge-agent alerts": ["tests/test_mqtt.py::test_alerts_command_prints_each_alert_once"],
+    r"edge-agent alerts": ["tests/test_mqtt.py::test_alerts_command_prints_each_alert_once",
+                           "tests/test_operator_reconnect.py::"
+                           "test_alerts_says_when_the_connection_is_lost_and_regained"],
+    r"edge-agent feedback": ["tests/test_feedback_mqtt.py::"
+                             "test_feedback_round_trips_through_the_shipped_broker"],
     r"edge-agent report": ["tests/test_report.py::test_report_of_a_replay"],
     r"edge-agent fleet( keygen| prior|$)|edge-agent replay .*--prior": ["tests/test_fleet_prior.py::test_keygen_prior_and_replay_with_a_prior_on_real_recordings"],
     r"python benchmarks/fleet\.py": ["tests/test_fleet_prior.py::test_leave_one_out_monitored_at_once_damaged_alerted_and_poison_changes_nothing"],

@@ -110,8 +110,12 @@ def test_report_of_a_replay(femto, tmp_path, capsys):
     html = (out / "report.html").read_text(encoding="utf-8")
     images = assert_self_contained(html)
     png = (out / f"{MACHINE}.png").read_bytes()
-    assert images == [png]
+    trends = (out / f"{MACHINE}-trends.png").read_bytes()
+    envelopes = [(out / f"{MACHINE}-A{i}-envelope.png").read_bytes()
+                 for i in range(1, len(alerts) + 1)]
+    assert images == [trends, png, *envelopes]  # each alert's spectrum in its section
     assert_sensible_png(png, channels=2)
+    assert_sensible_png(trends, channels=4)
     assert "Bearing 1-2 run to failure" in html and MACHINE in html
     for alert in alerts:
         assert alert["id"] in html and alert["ts"] in html
@@ -133,14 +137,16 @@ def test_report_of_a_replay(femto, tmp_path, capsys):
     assert f"wrote {out / 'report.html'}" in printed
 
 
-def capture(docs) -> list[str]:
+def capture(docs, run=None) -> list[str]:
     """What a subscriber to the alert and status topics saves while the pipeline runs.
 
     Status documents are built from the pipeline's verdicts with the agent's own
     builders, every 10th window and after every alert, like the agent publishes
     them; alerts come once as ``mosquitto_sub -v`` lines and once more as
     ``edge-agent alerts --json`` lines (a redelivery), the retained status
-    arrives twice, the agent status is there too, and the capture ends mid-line.
+    arrives twice, the agent status is there too, and the capture ends mid-line. Each
+    channel's status says what its baseline covered (from the whole ``run``, default
+    ``docs``: a capture may start after the baseline) and its latest window's indicators.
     """
     from edge_agent.schema import agent_status_doc, channel_status, machine_status_doc
     from edge_agent.mqtt.topics import Topics
@@ -149,12 +155,25 @@ def capture(docs) -> list[str]:
     latest, lines = {}, [f"{topics.agent_status('gw-1')} "
                          + json.dumps(agent_status_doc("gw-1", "online", "0.1.0"))]
 
+    baselining: dict = {}  # channel -> times of its baseline windows, as the agent counts them
+    for doc in run or docs:
+        if doc["kind"] == "verdict" and doc["phase"] == "baselining":
+            baselining.setdefault(doc["channel"], []).append(epoch_s(doc["ts"]))
+
+    def coverage(channel, v):
+        times = baselining.get(channel) or [None]
+        if v["phase"] == "baselining" or times[0] is None:
+            return None
+        return {"from_s": times[0], "to_s": times[-1], "windows": len(times),
+                "running_h": (times[-1] - times[0]) / 3600.0, "complete": True}
+
     def status():
         channels = {ch: channel_status(
             phase=v["phase"], state=v["state"], baseline_progress=v["baseline_progress"],
             score=v["score"], threshold=v["threshold"], alarm_threshold=v["alarm_threshold"],
             regime=v.get("regime"), last_window_s=epoch_s(v["ts"]), windows=v["index"] + 1,
-            sensor_health="ok") for ch, v in latest.items()}
+            sensor_health="ok", baseline=coverage(ch, v), indicators=v.get("indicators"))
+            for ch, v in latest.items()}
         doc = machine_status_doc("gw-1", MACHINE, channels, outbox_depth=0, model_version=None)
         lines.append(f"{topics.machine_status(MACHINE)} {json.dumps(doc)}")
 
@@ -186,7 +205,9 @@ def test_report_of_a_live_capture(femto, tmp_path, capsys):
 
     html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     png = (tmp_path / "report" / f"{MACHINE}.png").read_bytes()
-    assert assert_self_contained(html) == [png]
+    images = assert_self_contained(html)
+    assert images[1] == png and len(images) == 2 + len(alerts)  # trends, score, envelopes
+    assert images[0] == (tmp_path / "report" / f"{MACHINE}-trends.png").read_bytes()
     assert_sensible_png(png, channels=2)
     assert all(a["id"] in html for a in alerts)
     summary = summary_of(captured.out, MACHINE)
@@ -200,10 +221,16 @@ def test_a_capture_that_starts_after_the_baseline(femto, tmp_path, capsys):
     _, docs = femto
     monitoring = [d for d in docs if d["kind"] == "alert" or d.get("phase") != "baselining"]
     path = tmp_path / "late.txt"
-    path.write_text("\n".join(capture(monitoring)) + "\n", encoding="utf-8")
+    path.write_text("\n".join(capture(monitoring, docs)) + "\n", encoding="utf-8")
     assert run_report(path) == 0
     summary = summary_of(capsys.readouterr().out, MACHINE)
-    assert summary["baseline"] == "none" and "again" not in summary["baseline"]
+    # the statuses say what the baseline covered: not "none" (as it was before)
+    baselining = [d for d in docs if d.get("phase") == "baselining"
+                  and d["channel"] == "horizontal"]
+    start = baselining[0]["ts"][:10] + " " + baselining[0]["ts"][11:19] + " UTC to "
+    assert summary["baseline"].startswith(start), summary["baseline"]
+    assert f"; {len(baselining)} windows, " in summary["baseline"]
+    assert "again" not in summary["baseline"]
 
 
 def test_undated_recording_and_machine_selection(femto, cwru, tmp_path, capsys):
@@ -212,7 +239,8 @@ def test_undated_recording_and_machine_selection(femto, cwru, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_report(both, "--out", out, "--machine", "motor-3") == 0
     printed = capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["motor-3.png", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["motor-3-A1-envelope.png", "motor-3-trends.png",
+                                                      "motor-3.png", "report.html"]
     html = (out / "report.html").read_text(encoding="utf-8")
     assert MACHINE not in html and "motor-3" in html
     summary = summary_of(printed, "motor-3")
@@ -251,3 +279,134 @@ def test_other_commands_do_not_import_matplotlib():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO, timeout=60, check=True)
     assert result.stdout.strip() == "False"
+
+
+# -- the physical figures: what is drawn, read back from the figures' artists ----------------------
+def _extent(patch, axis: int) -> tuple[float, float]:
+    """Data extent of a span along x (0) or y (1): a Rectangle or a Polygon, by version."""
+    if hasattr(patch, "get_width"):
+        start = patch.get_x() if axis == 0 else patch.get_y()
+        size = patch.get_width() if axis == 0 else patch.get_height()
+        return start, start + size
+    values = [xy[axis] for xy in patch.get_xy()]
+    return min(values), max(values)
+
+
+def _zones(ax):
+    """ISO zone bands of the velocity panel: {zone: (low, high)} in mm/s."""
+    out = {}
+    for patch in ax.patches:
+        gid = patch.get_gid() or ""
+        if gid.startswith("iso-zone-"):
+            lo, hi = _extent(patch, 1)
+            out[gid[-1]] = (round(lo, 3), round(hi, 3))
+    return out
+
+
+def _lines(ax):
+    return {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+
+
+def _labels(ax):
+    return {t.get_gid(): t for t in ax.texts if (t.get_gid() or "").startswith("alert-")}
+
+
+def _figures(path):
+    from edge_agent.report.facts import facts
+    from edge_agent.report.parse import load
+    from edge_agent.report.physical import envelope_figure, trends_figure
+
+    machine = next(iter(load(str(path)).values()))
+    f = facts(machine)
+    return machine, f, trends_figure(machine, f), [
+        envelope_figure(machine, i, a) for i, a in enumerate(machine.alerts, 1)]
+
+
+def test_trends_and_envelope_figures_of_a_cwru_replay(cwru, tmp_path, capsys):
+    """Zones at the machine's ISO limits, the baseline marked, the alert numbered at its
+    time, the defect lines at the alert's frequencies over its own spectrum data."""
+    from edge_agent.report.html import TimeAxis
+    from edge_agent.report.physical import trends_name
+
+    path, docs = cwru
+    alerts = [d for d in docs if d["kind"] == "alert"]
+    verdicts = [d for d in docs if d["kind"] == "verdict"]
+    machine, f, trends, envelopes = _figures(path)
+    rms, velocity, shape, lines = trends.axes
+    assert _zones(velocity) == {"A": (0.0, 1.4), "B": (1.4, 2.8), "C": (2.8, 4.5),
+                                "D": (4.5, max(4.5 * 1.25, velocity.get_ylim()[1]))}
+    assert "group 2, rigid foundation" in velocity.get_title(loc="left")
+    drawn = _lines(velocity)["velocity_rms_mm_s/de"].get_ydata()
+    assert [y for y in drawn if y == y] == pytest.approx(  # NaN: a gap is not bridged
+[v["indicators"]["velocity_rms_mm_s"]
+                                         for v in verdicts if v["channel"] == "de"])
+    assert set(_lines(lines)) >= {"env_bpfo_g/de", "env_bpfi_g/de", "env_bsf_g/de"}
+    assert {"sustained_kurtosis/de", "sustained_crest_factor/de"} <= set(_lines(shape))
+    axis = TimeAxis.for_facts(f)
+    baseline = [p for p in rms.patches if p.get_gid() == "baseline"][0]
+    xs = _extent(baseline, 0)
+    last_baselining = max(epoch_s(v["ts"]) for v in verdicts if v["phase"] == "baselining")
+    assert min(xs) == pytest.approx(axis.x(epoch_s(verdicts[0]["ts"])))
+    assert max(xs) >= axis.x(last_baselining)
+    label = _labels(rms)["alert-A1"]
+    assert label.get_text() == "A1" and label.xy[0] == pytest.approx(axis.x(epoch_s(alerts[0]["ts"])))
+
+    spectrum = alerts[0]["envelope_spectrum"]
+    assert len(spectrum["window_g"]) <= 400 and len(spectrum["baseline_g"]) == len(
+        spectrum["window_g"])
+    window, base = envelopes[0].axes
+    assert list(_lines(window)["spectrum/alert's"].get_ydata()) == spectrum["window_g"]
+    assert list(_lines(base)["spectrum/baseline"].get_ydata()) == spectrum["baseline_g"]
+    marked = _lines(window)
+    bpfo = spectrum["lines_hz"]["bpfo"]
+    for h in (1, 2, 3):
+        assert marked[f"line-bpfo-{h}x"].get_xdata()[0] == pytest.approx(h * bpfo)
+    assert "line-ftf-2x" not in marked and "line-ftf-1x" in marked
+    # outer-race fault: the BPFO line of the alert's window stands far above the baseline's
+    k = round(bpfo / spectrum["df_hz"]) - 1
+    assert max(spectrum["window_g"][k - 1:k + 2]) > 20 * max(spectrum["baseline_g"][k - 1:k + 2])
+
+    out = tmp_path / "out"
+    assert run_report(path, "--out", out) == 0
+    printed = capsys.readouterr().out
+    summary = summary_of(printed, "motor-3")
+    assert list(summary)[3:5] == ["first alarm", "first warning"]  # in the order they came
+    assert summary["baseline"].endswith("; 20 windows, 0.00056 h of running")
+    assert summary["feedback"] == "none"
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "BPFO" in html and "none rose 3 times" not in html  # its defect line is named
+    assert_sensible_png((out / trends_name("motor-3.png")).read_bytes(), channels=4)
+
+
+def test_physical_figures_of_a_live_capture_with_feedback(femto, tmp_path, capsys):
+    """From status samples and alerts alone: trends from the statuses' indicators, the
+    envelope spectra from the alerts; the alarm shading ends with the data; an operator's
+    label on an alert is in the summary and on the page."""
+    _, docs = femto
+    alerts = [d for d in docs if d["kind"] == "alert"]
+    labelled = dict(alerts[0], feedback=[{"alert_id": alerts[0]["id"], "label": "confirmed",
+                                          "user": "ana", "note": "bearing noise heard",
+                                          "ts_s": epoch_s(alerts[0]["ts"])}])
+    later = [d if d is not alerts[-1] else dict(d, feedback=labelled["feedback"]) for d in docs]
+    path = tmp_path / "capture.txt"
+    path.write_text("\n".join(capture(later)) + "\n", encoding="utf-8")
+    machine, f, trends, envelopes = _figures(path)
+    rms, velocity, _, _ = trends.axes
+    statuses = [line for line in capture(later) if STATUS_TOPIC.search(line)]
+    assert len(_lines(rms)["rms_g/horizontal"].get_xdata()) == len(
+        machine.channels["horizontal"].t) < len(statuses) + 1
+    assert set(_zones(velocity)) == {"A", "B", "C", "D"}
+    assert all(e is not None for e in envelopes) and len(envelopes) == len(alerts)
+    assert set(_labels(rms)) == {f"alert-A{i}" for i in range(1, len(alerts) + 1)}
+    # the score figure's state shading never runs past the last sample
+    from edge_agent.report.facts import runs
+    for series in machine.channels.values():
+        spans = runs(series.t, [s == "alarm" for s in series.state], *series.step_and_gap())
+        assert spans and max(b for _, b in spans) <= series.t[-1]
+    assert run_report(path, "--out", tmp_path / "out") == 0
+    summary = summary_of(capsys.readouterr().out, MACHINE)
+    assert summary["feedback"] == 'A1 confirmed by ana ("bearing noise heard")'
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "Operator's label: confirmed</b> by ana" in html
+    # the sentence for alerts without a named defect line states the ×3 rule
+    assert ("none rose 3 times" in html) == any(not a["fault_lines"] for a in alerts)

@@ -355,8 +355,12 @@ class ChannelDetector:
         return level < floor
 
     def process(self, features: dict, *, rpm: float | None, t_s: float,
-                may_learn: bool = True, may_train: bool = True) -> Verdict:
+                may_learn: bool = True, may_train: bool = True,
+                learn_ratio: float | None = None) -> Verdict:
         """Score one window and learn from it when allowed and healthy.
+
+        ``learn_ratio``: windows scoring below this × threshold may be learned too (an
+        operator's false-alarm label, :mod:`edge_agent.runtime.feedback`; bounded there).
 
         ``may_train`` false defers the costly model updates (not the learning):
         the agent is behind real time or over its CPU budget. That includes fitting
@@ -410,7 +414,8 @@ class ChannelDetector:
             return Verdict("baselining", model.settle(x), regime, learned=True)
         z, raw, surprise, combined = model.score(x)
         threshold = model.threshold.threshold_
-        learned = may_learn and combined < self.config.learn_fraction * threshold
+        learned = may_learn and combined < max(self.config.learn_fraction,
+                                               learn_ratio or 0.0) * threshold
         magnitude = model.magnitude()
         anomalous = combined >= threshold and magnitude >= self.config.min_change_ratio
         # The explanation is read only by alerts: worth building when this window is

@@ -23,6 +23,7 @@ from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.sender import publish_size
 from edge_agent.mqtt.topics import TopicError, Topics
 from edge_agent.runtime.agent import agent_version
+from edge_agent.runtime.feedback import public as feedback_public
 from edge_agent.runtime.validation import PayloadError
 from edge_agent.schema import channel_status, machine_status_doc
 
@@ -122,6 +123,7 @@ class AgentLink:
         self.publisher.subscribe(self.topics.rebaseline_filter(), self._on_rebaseline)
         self.publisher.subscribe(self.topics.fleet_confirm_filter(),
                                  lambda t, p: self._on_rebaseline(t, p, "fleet_confirm"))
+        self.publisher.subscribe(self.topics.feedback_filter(), self._on_feedback)
 
     def start(self) -> None:
         self.publisher.start()
@@ -138,6 +140,26 @@ class AgentLink:
                                           else "unknown_command", topic, refusal[1])
             return
         self.agent.submit((kind, ref.machine))
+
+    def _on_feedback(self, topic: str, payload: bytes) -> None:
+        """An operator's label: the topic checked here, the label on the processing thread
+        (:func:`edge_agent.runtime.feedback.on_agent`), which counts what it refuses."""
+        import json
+
+        ref, refusal = _refusal(self.agent, self.topics, topic)
+        if ref is not None and ref.machine is not None and not self.agent.config.owns(ref.machine):
+            return
+        if refusal is None and not self.agent.known(ref.machine):
+            refusal = ("unknown_command", "feedback for a machine this agent does not handle")
+        if refusal is not None:
+            self.agent.rejections.refused(refusal[0] if refusal[0] != "unknown_machine"
+                                          else "unknown_command", topic, refusal[1])
+            return
+        try:
+            doc = json.loads(payload[:4096]) if len(payload) <= 4096 else None
+        except ValueError:
+            doc = None
+        self.agent.submit(("feedback", ref.machine, doc, topic))
 
     def alert_states(self) -> dict[str, tuple[int, str]]:
         """Each machine's alert state as its last committed alert left it (for restore)."""
@@ -218,8 +240,9 @@ def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:
             windows=agent.indices.get((machine, channel)),
             sensor_health=sensor["sensor_health"], rejected=sensor["rejected"],
             baseline=baselines.get(channel, {}).get(view.get("regime", "any")),
-            baseline_held=bool(view.get("baseline_held")))
+            baseline_held=bool(view.get("baseline_held")), indicators=view.get("indicators"))
     return machine_status_doc(agent.config.id, machine, channels,
                               outbox_depth=outbox_depth,
                               model_version=agent_version(agent, machine),
-                              last_alert=agent.last_alert.get(machine), ts_s=agent.clock())
+                              last_alert=agent.last_alert.get(machine), ts_s=agent.clock(),
+                              feedback=feedback_public(agent.pipeline.alerters.get(machine)))

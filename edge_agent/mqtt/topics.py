@@ -11,6 +11,7 @@ Every topic lives under a configurable *prefix* (one or more levels, e.g.
     <prefix>/<site>/<area>/<machine>/cmd/rebaseline         re-baseline command (subscribed)
     <prefix>/<site>/<area>/<machine>/cmd/fleet-confirm      confirm a baseline that differs
                                                             from its fleet (subscribed)
+    <prefix>/<site>/<area>/<machine>/cmd/feedback           an operator's label on an alert (subscribed)
     <prefix>/<site>/fleet/<class>/updates/<agent>/<machine> a member's fleet update, QoS 1
     <prefix>/<site>/fleet/<class>/prior                     the class's fleet prior, retained
     <prefix>/<site>/fleet/<class>/candidate                 a prior on trial on the canaries, retained
@@ -42,9 +43,10 @@ RESERVED_AREAS = frozenset({FLEET})
 FLEET_DOCS = ("prior", "candidate", "rollout")
 #: Kinds a received topic can have (see :func:`Topics.parse`).
 KINDS = ("alerts", "status", "agent_status", "raw", "features", "rebaseline", "fleet_confirm",
-         "fleet_update", "fleet_prior", "fleet_candidate", "fleet_rollout", "fleet_rollback")
+         "feedback", "fleet_update", "fleet_prior", "fleet_candidate", "fleet_rollout",
+         "fleet_rollback")
 #: Command topics' last level -> their kind.
-COMMANDS = {"rebaseline": "rebaseline", "fleet-confirm": "fleet_confirm"}
+COMMANDS = {"rebaseline": "rebaseline", "fleet-confirm": "fleet_confirm", "feedback": "feedback"}
 
 
 class TopicError(ValueError):
@@ -207,6 +209,8 @@ class Topics:
 
     def fleet_rollback_filter(self) -> str:
         return f"{self.prefix}/{self.site}/{FLEET}/+/cmd/fleet-rollback"
+    def feedback(self, machine: str) -> str:
+        return f"{self.machine_root(machine)}/cmd/feedback"
 
     @staticmethod
     def _channel_ok(channel: str) -> str:
@@ -227,6 +231,8 @@ class Topics:
 
     def fleet_confirm_filter(self) -> str:
         return f"{self.prefix}/{self.site}/+/+/cmd/fleet-confirm"
+    def feedback_filter(self) -> str:
+        return f"{self.prefix}/{self.site}/+/+/cmd/feedback"
 
     def parse(self, topic: str) -> TopicRef:
         """Validate a received topic and say what it is about (:class:`TopicError` if not ours)."""

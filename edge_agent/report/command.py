@@ -92,15 +92,38 @@ def report_command(args: argparse.Namespace, out=None) -> int:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {directory}: {exc.strerror}") from None
-    sections = []
+    sections, files = [], 0
     for machine in selected:
         f = facts(machine)
         png = render_png(machine, f)
-        (directory / png_name(machine.name)).write_bytes(png)
-        sections.append((machine, f, png))
-        print("\n".join(summary_lines(f)), file=out)
+        name = png_name(machine.name)
+        (directory / name).write_bytes(png)
+        extras = physical_figures(machine, f, directory, name)
+        files += 1 + bool(extras["trends"]) + len(extras["envelopes"])
+        sections.append((machine, f, png, extras))
+        numbers = {a["id"]: f"A{i}" for i, a in enumerate(machine.alerts, 1)}
+        print("\n".join(summary_lines(f, numbers)), file=out)
     html = directory / "report.html"
     write_html(html, title, args.input, sections)
-    print(f"wrote {html} and {len(sections)} PNG file(s) in "
+    print(f"wrote {html} and {files} PNG file(s) in "
           f"{time.monotonic() - started:.1f} s", file=out)
+
+
+def physical_figures(machine: Machine, f, directory: Path, name: str) -> dict:
+    """Write ``<machine>-trends.png`` and ``<machine>-A<n>-envelope.png`` (when the input
+    has what they show); returns their bytes for the page."""
+    from edge_agent.report.physical import (envelope_figure, envelope_name, png as to_png,
+                                            trends_figure, trends_name)
+
+    extras = {"trends": None, "envelopes": {}}
+    fig = trends_figure(machine, f)
+    if fig is not None:
+        extras["trends"] = to_png(fig)
+        (directory / trends_name(name)).write_bytes(extras["trends"])
+    for number, alert in enumerate(machine.alerts, 1):
+        fig = envelope_figure(machine, number, alert)
+        if fig is not None:
+            data = extras["envelopes"][number] = to_png(fig)
+            (directory / envelope_name(name, number)).write_bytes(data)
+    return extras
     return 0

@@ -30,14 +30,17 @@ def runs(t: list, flags: list, step_s: float, gap_s: float) -> list[tuple[float,
     Returns
     -------
     list of (float, float)
-        Start and end of each span: it ends where the next sample starts, or
-        one step after its last sample at a data gap or at the end.
+        Start and end of each span: it ends where the next sample starts, one
+        step after its last sample at a data gap, and at the last sample at the
+        end (never past the data: a capture's status samples are far apart).
 
     Examples
     --------
 
     >>> runs([0, 1, 2, 3, 10, 11], [1, 1, 0, 1, 1, 0], 1.0, 5.0)
     [(0, 2), (3, 4.0), (10, 11)]
+    >>> runs([0, 10, 20, 30], [0, 0, 1, 1], 10.0, 50.0)
+    [(20, 30)]
     """
     spans, start = [], None
     for i, flag in enumerate(flags):
@@ -46,7 +49,9 @@ def runs(t: list, flags: list, step_s: float, gap_s: float) -> list[tuple[float,
         nxt = t[i + 1] if i + 1 < len(t) else None
         joined = nxt is not None and nxt - t[i] <= gap_s
         if start is not None and not (joined and flags[i + 1]):
-            spans.append((start, nxt if joined else t[i] + step_s))
+            end = nxt if joined else (t[i] + step_s if nxt is not None else t[i])
+            if end > start or nxt is None:
+                spans.append((start, max(end, start)))
             start = None
     return spans
 
@@ -68,10 +73,13 @@ class Facts:
     start: float | None
     end: float | None
     baseline: tuple | None  # first baseline period, machine-wide
+    baseline_windows: int | None  # windows of that baseline (the channel with most)
+    baseline_running_h: float | None  # running hours it covered
     relearned: int  # later baselining periods (settling after a restart, new speed, re-baseline)
     first: dict  # severity -> first alert of that severity
     counts: Counter
     final_state: str
+    feedback: dict  # alert id -> operators' latest label
 
     @property
     def relative(self) -> bool:
@@ -105,12 +113,27 @@ def facts(machine: Machine) -> Facts:
     """
     times = [t for s in machine.channels.values() for t in s.t]
     times += [epoch_s(a["ts"]) for a in machine.alerts]
-    baselines = []
+    baselines, windows, running_h = [], [], []
     for series in machine.channels.values():
-        baselines.append(runs(series.t, [p == "baselining" for p in series.phase],
-                              *series.step_and_gap()))
+        step, gap = series.step_and_gap()
+        spans = runs(series.t, [p == "baselining" for p in series.phase], step, gap)
+        if series.coverage:
+            # the agent's own account (a status's): a capture may start in or after it
+            c = series.coverage
+            a, b = epoch_s(c["from"]), epoch_s(c["to"])
+            spans = [(a, b)] + [span for span in spans if span[0] > b]
+            windows.append(int(c["windows"]))
+            running_h.append(float(c["running_h"]))
+        elif spans:
+            n = sum(1 for t, p in zip(series.t, series.phase)
+                    if p == "baselining" and spans[0][0] <= t <= spans[0][1])
+            windows.append(n if series.windows == len(series.t) else None)
+            running_h.append(n * step / 3600.0 if series.windows == len(series.t) else None)
+        baselines.append(spans)
     firsts = [spans[0] for spans in baselines if spans]
     baseline = (min(a for a, _ in firsts), max(b for _, b in firsts)) if firsts else None
+    known = [w for w in windows if w is not None]
+    hours = [h for h in running_h if h is not None]
     first = {}
     for alert in machine.alerts:
         first.setdefault(alert["severity"], alert)
@@ -118,8 +141,10 @@ def facts(machine: Machine) -> Facts:
                  sum(s.windows or len(s.t) for s in machine.channels.values()),
                  sum(len(s.t) for s in machine.channels.values()),
                  min(times, default=None), max(times, default=None), baseline,
+                 max(known) if known else None, max(hours) if hours else None,
                  max((len(spans) - 1 for spans in baselines if spans), default=0), first,
-                 Counter(a["severity"] for a in machine.alerts), _final_state(machine))
+                 Counter(a["severity"] for a in machine.alerts), _final_state(machine),
+                 dict(machine.feedback))
 
 
 def duration(seconds: float) -> str:
@@ -170,22 +195,45 @@ def alert_counts(f: Facts) -> str:
     return f"{sum(f.counts.values())}" + (f": {', '.join(parts)}" if parts else "")
 
 
-def summary_lines(f: Facts) -> list[str]:
-    """The plain-text summary of one machine."""
+def baseline_text(f: Facts) -> str:
+    """The baseline period with the windows and running hours it covered, when known."""
+    covered = [f"{f.baseline_windows} windows"] if f.baseline_windows is not None else []
+    if f.baseline_running_h is not None:
+        covered.append(f"{f.baseline_running_h:.2g} h of running" if f.baseline_running_h < 10
+                       else f"{f.baseline_running_h:.0f} h of running")
+    return period(f.baseline, f) + (f"; {', '.join(covered)}" if covered and f.baseline else "")
+
+
+def feedback_text(f: Facts, numbers: dict) -> str:
+    """Operators' labels: ``A2 false_alarm by ana ("new coupling")``; ``none``.
+
+    ``numbers`` maps alert ids to their A-numbers in the report."""
+    parts = []
+    for alert_id, label in f.feedback.items():
+        who = f" by {label['user']}" if label.get("user") else ""
+        note = f' ("{label["note"]}")' if label.get("note") else ""
+        parts.append(f"{numbers.get(alert_id, alert_id[:8])} {label['label']}{who}{note}")
+    return "; ".join(parts) or "none"
+
+
+def summary_lines(f: Facts, numbers: dict | None = None) -> list[str]:
+    """The plain-text summary of one machine (first alerts in the order they came)."""
     windows = f"{f.windows} windows" + (f" ({f.samples} status samples)"
                                         if f.samples != f.windows else "")
-    baseline = period(f.baseline, f) + (
+    baseline = baseline_text(f) + (
         f"; baselining again {f.relearned} time(s) later (after a restart, a new speed or a "
         f"re-baseline)" if f.relearned else "")
     span = period((f.start, f.end), f) if f.start is not None else "no data"
     if f.relative:
         span += " (the recording carries no date: times from its first window)"
+    firsts = sorted(("warning", "alarm"), key=lambda s: epoch_s(f.first[s]["ts"])
+                    if s in f.first else float("inf"))
     return [f"{f.name}: {windows} on {len(f.channels)} channel(s) ({', '.join(f.channels)})",
             f"  time span      {span}",
             f"  baseline       {baseline}",
-            f"  first warning  {first_alert(f, 'warning')}",
-            f"  first alarm    {first_alert(f, 'alarm')}",
+            *(f"  first {s:<9}{first_alert(f, s)}" for s in firsts),
             f"  alerts         {alert_counts(f)}",
+            f"  feedback       {feedback_text(f, numbers or {})}",
             f"  final state    {f.final_state}"]
 
 

@@ -21,6 +21,9 @@ ALERT_STATES = ("normal", "warning", "alarm")
 UNDATED_BEFORE_S = 31_536_000.0  # recordings without a date (CWRU) start at the Unix epoch
 
 
+COLUMNS = ("t", "score", "threshold", "alarm_threshold", "state", "phase", "indicators")
+
+
 @dataclass
 class ChannelSeries:
     """One channel's windows (or status samples) in time order; ``None`` where not scored."""
@@ -31,16 +34,20 @@ class ChannelSeries:
     alarm_threshold: list = field(default_factory=list)
     state: list = field(default_factory=list)
     phase: list = field(default_factory=list)
+    indicators: list = field(default_factory=list)  # physical indicators (dict or None)
     windows: int = 0  # windows processed; a capture holds only some of them
+    #: What the agent said its baseline covered (a status's ``baseline``: from, to,
+    #: windows, running_h), for a capture that started after the baseline.
+    coverage: dict | None = None
 
-    def add(self, t, score, threshold, alarm_threshold, state, phase) -> None:
-        for name, value in zip(("t", "score", "threshold", "alarm_threshold", "state", "phase"),
-                               (t, score, threshold, alarm_threshold, state, phase)):
+    def add(self, t, score, threshold, alarm_threshold, state, phase, indicators=None) -> None:
+        for name, value in zip(COLUMNS, (t, score, threshold, alarm_threshold, state, phase,
+                                         indicators)):
             getattr(self, name).append(value)
 
     def sort(self) -> None:
         """Time order: a capture may hold status documents out of order."""
-        columns = ("t", "score", "threshold", "alarm_threshold", "state", "phase")
+        columns = COLUMNS
         rows = sorted(zip(*(getattr(self, c) for c in columns)), key=lambda row: row[0])
         for c, values in zip(columns, zip(*rows) if rows else [()] * len(columns)):
             setattr(self, c, list(values))
@@ -62,6 +69,7 @@ class Machine:
     name: str
     channels: dict = field(default_factory=dict)  # name -> ChannelSeries
     alerts: list = field(default_factory=list)  # alert documents, time order
+    feedback: dict = field(default_factory=dict)  # alert id -> operators' latest label on it
 
     def channel(self, name: str) -> ChannelSeries:
         return self.channels.setdefault(name, ChannelSeries())
@@ -110,8 +118,19 @@ def _add_status(machines: dict, doc: dict, seen: set) -> None:
         seen.add(key)
         series = machines.setdefault(doc["machine"], Machine(doc["machine"])).channel(name)
         series.add(epoch_s(c["last_window_ts"]), c.get("score"), c.get("threshold"),
-                   c.get("alarm_threshold"), c["state"], c.get("phase"))
+                   c.get("alarm_threshold"), c["state"], c.get("phase"), c.get("indicators"))
         series.windows = max(series.windows, c.get("windows") or 0)
+        if c.get("baseline") and c["baseline"].get("complete", True):
+            series.coverage = c["baseline"]
+    _add_labels(machines[doc["machine"]] if doc["machine"] in machines else None,
+                (doc.get("feedback") or {}).get("labels"))
+
+
+def _add_labels(machine, labels) -> None:
+    """Operators' labels (from an alert's or a status's ``feedback``), the latest per alert."""
+    for label in labels or ():
+        if machine is not None and isinstance(label, dict) and label.get("alert_id"):
+            machine.feedback[label["alert_id"]] = label
 
 
 def add_document(machines: dict, doc: dict, seen: set) -> bool:
@@ -135,13 +154,16 @@ def add_document(machines: dict, doc: dict, seen: set) -> bool:
         series = machines.setdefault(doc["machine"], Machine(doc["machine"])).channel(
             doc["channel"])
         series.add(epoch_s(doc["ts"]), doc.get("score"), doc.get("threshold"),
-                   doc.get("alarm_threshold"), doc["state"], doc.get("phase"))
+                   doc.get("alarm_threshold"), doc["state"], doc.get("phase"),
+                   doc.get("indicators"))
         series.windows += 1
     elif doc.get("schema") == ALERT_SCHEMA:
         if doc["id"] not in seen:  # delivery is at least once: a repeated id is a redelivery
             seen.add(doc["id"])
             epoch_s(doc["ts"])  # a bad time is the line's problem, found here
-            machines.setdefault(doc["machine"], Machine(doc["machine"])).alerts.append(doc)
+            machine = machines.setdefault(doc["machine"], Machine(doc["machine"]))
+            machine.alerts.append(doc)
+            _add_labels(machine, doc.get("feedback"))
     elif doc.get("schema") == STATUS_SCHEMA:
         _add_status(machines, doc, seen)
     else:

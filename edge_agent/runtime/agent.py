@@ -34,6 +34,7 @@ from edge_agent.errors import StorageError
 from edge_agent.frame import FeatureRecord, Frame
 from edge_agent.logs import RateLimitedLog
 from edge_agent.runtime.config import AgentConfig, MachineConfig
+from edge_agent.runtime import feedback
 from edge_agent.runtime.durable import AlertUncommitted, Durable
 from edge_agent.runtime.pipeline import Pipeline
 from edge_agent.runtime.state import StateStore, checkpoint_key_path, load_key
@@ -91,7 +92,8 @@ class Agent(Durable):
         self.fitted: set[tuple[str, str, str]] = set()  # (machine, channel, regime) monitored
         self.stats = {"frames": 0, "windows": 0, "alerts": 0, "dropped_frames": 0,
                       "deferred_updates": 0, "checkpoints": 0, "processing_errors": 0,
-                      "skipped_items": 0, "dropped_at_stop": 0, "storage_retries": 0}
+                      "skipped_items": 0, "dropped_at_stop": 0, "storage_retries": 0,
+                      "feedback": 0}
         self.lag_s: float | None = None
         self._inbox: deque = deque()
         self._inbox_lock = threading.Lock()
@@ -210,13 +212,15 @@ class Agent(Durable):
                 alerts += self._score(windows, records, live)
                 windows, records = [], []
                 self._call(item[1])
-            elif isinstance(item, tuple) and item[0] in ("rebaseline", "fleet_confirm"):
+            elif isinstance(item, tuple) and item[0] in ("rebaseline", "fleet_confirm", "feedback"):
                 alerts += self._score(windows, records, live)
                 windows, records = [], []
                 if item[0] == "rebaseline":
                     self.rebaseline(item[1])
-                else:  # an operator confirms a baseline that differs from its fleet
+                elif item[0] == "fleet_confirm":  # a baseline that differs from its fleet
                     self.pipeline.confirm_baseline(item[1])
+                else:  # an operator's label (edge_agent.runtime.feedback)
+                    alerts += feedback.on_agent(self, *item[1:])
             elif not self.config.owns(item.machine):
                 continue  # another worker's machine (a replay is read by every worker)
             elif not live and not self.channel_configured(item.machine, item.channel):
@@ -286,15 +290,7 @@ class Agent(Durable):
                 self._checkpoint_due = True
             self.channel_view[key] = {**verdict, "start_s": rec.start_s}
             if alert is not None:
-                alerts.append(alert)
-                self.stats["alerts"] += 1
-                self.last_alert[rec.machine] = alert
-                self.recent_alerts.append(alert)
-                self.alerts_raised[rec.machine] = self.alerts_raised.get(rec.machine, 0) + 1
-                self._commit(alert, live)  # durable before the next window, or nothing goes on
-                log.warning(alert["summary"], extra={"event": "alert", "alert_id": alert["id"],
-                                                     "machine": alert["machine"],
-                                                     "severity": alert["severity"]})
+                alerts.append(self.raise_alert(alert, live))
         return alerts
 
     def _call(self, fn) -> None:
@@ -304,6 +300,17 @@ class Agent(Durable):
             self.stats["processing_errors"] += 1
             self._errors_log.log(logging.ERROR, "call", "a queued task failed", exc_info=True,
                                  extra={"event": "processing_error", "task": repr(fn)[:80]})
+    def raise_alert(self, alert: dict, live: bool) -> dict:
+        """Count, keep and commit ``alert``: durable before the next window, or nothing goes on."""
+        machine = alert["machine"]
+        self.stats["alerts"] += 1
+        self.last_alert[machine] = alert
+        self.recent_alerts.append(alert)
+        self.alerts_raised[machine] = self.alerts_raised.get(machine, 0) + 1
+        self._commit(alert, live)
+        log.warning(alert["summary"], extra={"event": "alert", "alert_id": alert["id"],
+                                             "machine": machine, "severity": alert["severity"]})
+        return alert
 
     def rebaseline(self, machine: str) -> None:
         channels = self.pipeline.rebaseline(machine)

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 from edge_agent.errors import UsageError
 from edge_agent.models.verdict import Verdict
+from edge_agent.runtime import feedback
 from edge_agent.runtime.evidence import (ZONES, evidence_names, fault_lines, fmt, published,
                                          window_evidence)
 from edge_agent.signal.features import feature_label, feature_unit
@@ -201,6 +202,7 @@ class MachineAlerter:
                                                      "zone": zoned[0]["zone"]})
             if not verdict.anomalous:
                 evidence = [e for e in evidence if e["kind"] != "iso_zone"]
+        verdict, evidence = feedback.tolerate(self, channel, verdict, evidence, record.start_s)
         ch.update(verdict, evidence)
         if verdict.phase == "monitoring" and (ch.state != "normal" or verdict.anomalous):
             severe = sum(s for _, s, _ in ch.recent) >= self.policy.persistence_k
@@ -209,6 +211,8 @@ class MachineAlerter:
         elif ch.state == "normal":
             ch.view = None
         self.state = max((c.state for c in self.channels.values()), key=STATES.index)
+        if self.state == "normal" and feedback.held(self):
+            self.state = self.announced  # confirmed by an operator: open until maintenance
         if self.state == self.announced or (self.state != "normal" and
                                             STATES.index(self.state) < STATES.index(self.announced)):
             self._holding = False
@@ -231,8 +235,9 @@ class MachineAlerter:
             view = describe_window(self.policy, verdict, record, reference, model_version,
                                    generation)
         evidence = self.channels[lead].persistent() if self.state == "alarm" else []
-        alert = build_alert(self, self.state, previous, lead, [lead] + others, view, evidence,
-                            record)
+        alert = feedback.remember(self, build_alert(self, self.state, previous, lead,
+                                                    [lead] + others, view, evidence, record),
+                                  record.start_s)
         if self.state == "normal":
             self.episode = None
         return alert
@@ -252,6 +257,24 @@ class MachineAlerter:
         lead = max(sorted(candidates), key=strength)
         others = sorted(n for n, c in self.channels.items() if c.state != "normal" and n != lead)
         return lead, others
+
+    def false_alarm(self, channel: str, record) -> dict | None:
+        """An operator called the open episode a false alarm: every channel starts calm and
+        a ``normal`` alert (raised by ``record``, the machine's latest window) closes it."""
+        views = [c.view for c in self.channels.values() if c.view] + [None]
+        for c in self.channels.values():
+            c.reset()
+        self.state = "normal"
+        if self.announced == "normal":
+            return None
+        previous, self.announced = self.announced, "normal"
+        view = views[0] or {"score": None, "threshold": None, "alarm_threshold": None,
+                            "regime": None, "features": [], "fault_lines": [],
+                            "iso_20816": None, "model_version": "unknown", "generation": 0}
+        alert = build_alert(self, "normal", previous, channel, [channel], view, [], record)
+        alert["summary"] += "; an operator labelled it a false alarm"
+        self.episode = None
+        return feedback.remember(self, alert, record.start_s)
 
     def reset(self) -> None:
         """Re-baseline: channel evidence is forgotten; what operators were told stays."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from edge_agent import __version__
+from edge_agent.runtime import feedback, indicators
 from edge_agent.runtime.alerts import AlertPolicy, MachineAlerter
 from edge_agent.frame import FeatureRecord, iso_time
 from edge_agent.models.detector import ChannelDetector, DetectorConfig
@@ -50,6 +51,7 @@ class Pipeline:
         self.default_prior = None  # the prior of machines not in `priors` (offline replay)
         #: (machine, channel) -> why its baseline differs from its fleet (held, see fleet_check)
         self.held_baselines: dict[tuple[str, str], list[str]] = {}
+        self.latest: dict[tuple[str, str], FeatureRecord] = {}  # for an alert's envelope spectrum
 
     def apply_prior(self, machine: str, prior) -> None:
         """Use a *verified* fleet prior for ``machine`` (edge_agent.fleet.document.verify_prior):
@@ -117,12 +119,15 @@ class Pipeline:
         # its other channels may carry the same fault, more faintly.
         try:
             verdict = detector.process(record.features, rpm=record.rpm, t_s=record.start_s,
-                                       may_learn=alerter.state == "normal", may_train=may_train)
+                                       may_learn=alerter.state == "normal", may_train=may_train,
+                                       learn_ratio=feedback.learn_ratio(alerter, record.channel))
         except NoFeatures as exc:
             return self._rejected(replace(record, rejected="no_features", detail=str(exc)),
                                   index), None
         self.last_start_s[key] = record.start_s
         self._behind.pop(key, None)
+        self.latest[key] = record
+        indicators.learn_baseline(detector, record, verdict)
         model = detector.models.get(verdict.regime)
         fitted = model is not None and model.fitted
         version = f"{__version__}+g{detector.generation}.u{detector.updates}"
@@ -140,6 +145,12 @@ class Pipeline:
             spread = model.reference_spread if fitted else None
         alert = alerter.update(record.channel, verdict, record, reference, version,
                                detector.generation, spread=spread)
+        if alert is not None:
+            lead = (record.machine, alert["channel"])
+            spectrum = indicators.alert_spectrum(self.detectors.get(lead), alert["channel"],
+                                                 self.latest.get(lead))
+            if spectrum is not None:
+                alert["envelope_spectrum"] = spectrum
         return self._verdict(record, index, verdict, alerter), alert
 
     @staticmethod
@@ -158,6 +169,9 @@ class Pipeline:
         out["alarm_threshold"] = verdict.alarm_threshold
         if verdict.basis is not None:
             out["basis"] = verdict.basis  # "prior": judged against the fleet; "own"
+        physical = indicators.indicators(record)
+        if physical is not None:
+            out["indicators"] = physical
         return out
 
     def _out_of_time(self, record: FeatureRecord, previous: float) -> FeatureRecord:
@@ -204,3 +218,43 @@ class Pipeline:
         if machine in self.alerters:
             self.alerters[machine].reset()
         return len(channels)
+
+    def feedback(self, machine: str, doc) -> tuple[str, dict | None]:
+        """Apply an operator's label (a feedback document) to ``machine``.
+
+        Returns what was done (a label, or ``"repeat"``) and the alert to publish (the
+        ``normal`` that closes an episode labelled a false alarm), or raises
+        :class:`~edge_agent.runtime.feedback.FeedbackRefused` with its reason.
+        """
+        label = feedback.parse(doc, machine)
+        alerter = self.alerters.get(machine)
+        if alerter is None or feedback.find(alerter, label["alert_id"]) is None:
+            other = next((m for m, a in self.alerters.items()
+                          if m != machine and feedback.find(a, label["alert_id"])), None)
+            if other is not None:
+                raise feedback.FeedbackRefused(
+                    "wrong_machine", f"alert {label['alert_id']} is {other}'s, not {machine}'s")
+            if alerter is None:
+                raise feedback.FeedbackRefused("unknown_alert", f"{machine} raised no alert")
+        was_open = feedback.episode_open(alerter, label["alert_id"])
+        done = feedback.apply(alerter, label)
+        alert = None
+        if done == "false_alarm" and was_open:
+            labelled = feedback.find(alerter, label["alert_id"])
+            last_s = feedback.state(alerter)["last_s"] or labelled["ts_s"]
+            alert = alerter.false_alarm(labelled["channels"][0], _Moment(
+                last_s, f"feedback:{label.get('user', 'operator')}"))
+        elif done == "maintenance_done":
+            self.rebaseline(machine)
+        log.warning("operator feedback", extra={"event": "feedback", "machine": machine,
+                                                "alert_id": label["alert_id"],
+                                                "label": label["label"], "done": done,
+                                                "user": label.get("user")})
+        return done, alert
+
+
+class _Moment:
+    """The window an alert raised by an operator's label is dated at: the machine's latest."""
+
+    def __init__(self, start_s: float, source: str):
+        self.start_s, self.source = start_s, source

@@ -24,6 +24,7 @@ class ReplaySummary:
     alerts: list = field(default_factory=list)
     baselines: dict = field(default_factory=dict)  # machine -> channel -> regime -> coverage
     basis: dict = field(default_factory=dict)  # machine -> Counter of "prior" / "own" verdicts
+    final: dict = field(default_factory=dict)  # machine -> its state at the end of the replay
 
     def add(self, verdict: dict, alert: dict | None) -> None:
         machine = verdict["machine"]
@@ -43,8 +44,9 @@ class ReplaySummary:
             alerts = [a for a in self.alerts if a["machine"] == machine]
             first = next((a for a in alerts if a["severity"] != "normal"), None)
             tail = f"; first {first['severity']} at {first['ts']}" if first else ""
+            final = f"; final state {self.final[machine]}" if machine in self.final else ""
             out.append(f"{machine}: {self.windows[machine]} windows ({states}); "
-                       f"{len(alerts)} alerts{tail}")
+                       f"{len(alerts)} alerts{tail}{final}")
             if machine in self.basis:
                 b = self.basis[machine]
                 out.append(f"  judged against the fleet prior: {b['prior']} windows, against its "
@@ -89,7 +91,36 @@ def run_replay(options, pipeline: Pipeline, on_verdict=None, on_alert=None) -> R
         if alert is not None and on_alert:
             on_alert(alert)
     summary.baselines = {m: pipeline.baseline_coverage(m) for m in summary.windows}
+    summary.final = {m: final_state(pipeline, m) for m in summary.windows}
     return summary
+
+
+def final_state(pipeline: Pipeline, machine: str) -> str:
+    """What the machine was at the end: its alert state once monitored, else ``baselining``
+    (or ``stopped`` when no channel ever ran)."""
+    alerter = pipeline.alerters.get(machine)
+    models = [m for (name, _), d in pipeline.detectors.items() if name == machine
+              for m in d.models.values()]
+    if alerter is not None and (alerter.state != "normal" or any(m.fitted for m in models)):
+        return alerter.state
+    return "baselining" if models else "stopped"
+
+
+def alert_line(alert: dict) -> str:
+    """The printed line of an alert: time, severity, machine/channel, what it says.
+
+    >>> alert_line({"ts": "1970-01-01T00:00:03.700Z", "severity": "alarm", "machine": "m1",
+    ...             "channel": "de", "summary": "m1 ALARM on de: BPFI 162 Hz envelope ×135"})
+    '1970-01-01T00:00:03.700Z  ALARM    m1/de  BPFI 162 Hz envelope ×135'
+    """
+    machine, severity, channel = alert["machine"], alert["severity"], alert.get("channel")
+    text = alert["summary"]
+    for lead in (f"{machine} {severity.upper()} on {channel}: ", f"{machine}: "):
+        if text.startswith(lead):
+            text = text[len(lead):]
+            break
+    where = f"{machine}/{channel}" if channel else machine
+    return f"{alert['ts']}  {severity.upper():<7}  {where}  {text}"
 
 
 class Progress:
@@ -160,7 +191,7 @@ def replay_command(args, prior=None) -> int:
         if sink:
             sink.write(dumps({"kind": "alert", **alert}) + "\n")
         if sink is not sys.stdout:
-            print(f"{alert['ts']}  {alert['severity'].upper():7s} {alert['summary']}")
+            print(alert_line(alert))
 
     try:
         summary = run_replay(options, pipeline, on_verdict, on_alert)

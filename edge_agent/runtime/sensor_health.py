@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 #: Why a message never reached a machine's channel (counted for the agent, not per channel).
 AGENT_REASONS = ("bad_topic", "wrong_area", "unknown_machine", "unknown_channel",
-                 "too_many_machines", "too_many_channels", "unknown_command")
+                 "too_many_machines", "too_many_channels", "unknown_command",
+                 # operators' labels (edge_agent.runtime.feedback.REASONS)
+                 "bad_feedback", "bad_label", "unknown_alert", "wrong_machine")
 EXAMPLES = 5  # example names kept per reason
 EXAMPLE_CHARS = 120
 HEALTH_LOG_S = 10.0  # a channel's health changes are logged at most this often

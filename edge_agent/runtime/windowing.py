@@ -200,16 +200,19 @@ def featurize(windows: Iterable[Window],
         rpm = np.array([windows[i].rpm for i in idx], dtype=np.float64) if speed_known else None
         try:
             with np.errstate(all="ignore"):  # an extreme window yields NaN/inf features
-                feats = extract_features(batch, fs_hz, spec, rpm=rpm)
+                feats = extract_features(batch, fs_hz, spec, rpm=rpm, spectrum=True)
         except Exception:  # one odd group must not take the others with it
             log.exception("feature extraction failed; windows skipped", extra={
                 "event": "featurize_error", "windows": len(idx), "fs_hz": fs_hz,
                 "machines": sorted({windows[i].machine for i in idx})})
             continue
+        df_hz, lines = feats.pop("env_spectrum_df_hz"), feats.pop("env_spectrum_g")
+        iso_class = f"{spec.iso_group}/{spec.iso_foundation}"
         for row, i in enumerate(idx):
             w = windows[i]
             values = {name: _scalar(arr[row]) for name, arr in feats.items()}
-            records[i] = FeatureRecord(w.machine, w.channel, w.start_s, values, w.rpm, w.source)
+            records[i] = FeatureRecord(w.machine, w.channel, w.start_s, values, w.rpm, w.source,
+                                       envelope=(df_hz, lines[row]), iso_class=iso_class)
     return [r for r in records if r is not None]
 
 

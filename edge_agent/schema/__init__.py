@@ -12,6 +12,9 @@ The schemas (draft 2020-12) ship inside the package:
     ``edge-agent/fleet-prior/1``: a class's signed fleet prior (:mod:`edge_agent.fleet.document`).
 ``fleet-update``
     ``edge-agent/fleet-update/1``: one machine's baseline summary for its fleet.
+``feedback``
+    ``edge-agent/feedback/1``: an operator's label on an alert (``cmd/feedback``), which the
+    agent receives.
 
 Every document carries ``"schema": "edge-agent/<name>/<major>"``; the schema's
 ``$id`` is ``https://edge-agent.invalid/schema/<name>/<major>``. Field meanings
@@ -26,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib import resources
 
-NAMES = ("alert", "machine-status", "agent-status", "fleet-prior", "fleet-update",
+NAMES = ("alert", "machine-status", "agent-status", "feedback", "fleet-prior", "fleet-update",
          "fleet-rollout")
 MACHINE_STATUS_SCHEMA = "edge-agent/machine-status/1"
 AGENT_STATUS_SCHEMA = "edge-agent/agent-status/1"
@@ -102,7 +105,8 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
                    alarm_threshold: float | None = None, regime: str | None = None,
                    last_window_s: float | None = None, windows: int | None = None,
                    sensor_health: str = "no_data", rejected: Mapping[str, int] | None = None,
-                   baseline: Mapping | None = None, baseline_held: bool = False) -> dict:
+                   baseline: Mapping | None = None, baseline_held: bool = False,
+                   indicators: Mapping | None = None) -> dict:
     """One entry of a machine status's ``channels`` (see the schema for each field).
 
     ``baseline`` is what the current regime's baseline covered
@@ -121,6 +125,8 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
         entry["windows"] = int(windows)
     if baseline_held:
         entry["baseline_held"] = True
+    if indicators:
+        entry["indicators"] = dict(indicators)
     if baseline is not None and baseline.get("from_s") is not None:
         entry["baseline"] = {"from": iso_time(baseline["from_s"]), "to": iso_time(baseline["to_s"]),
                              "windows": int(baseline["windows"]),
@@ -131,7 +137,8 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
 
 def machine_status_doc(agent: str, machine: str, channels: Mapping[str, dict], *,
                        outbox_depth: int, model_version: str | None,
-                       last_alert: Mapping | None = None, ts_s: float | None = None) -> dict:
+                       last_alert: Mapping | None = None, ts_s: float | None = None,
+                       feedback: Mapping | None = None) -> dict:
     """An ``edge-agent/machine-status/1`` document from :func:`channel_status` entries.
 
     The machine's ``state`` is the worst alert state of its monitored
@@ -157,4 +164,6 @@ def machine_status_doc(agent: str, machine: str, channels: Mapping[str, dict], *
     if last_alert is not None:
         doc["last_alert"] = {"id": last_alert["id"], "severity": last_alert["severity"],
                              "ts": last_alert["ts"]}
+    if feedback is not None:  # operators' labels (edge_agent.runtime.feedback.public)
+        doc["feedback"] = dict(feedback)
     return doc

@@ -77,6 +77,32 @@ def amplitude_spectrum(x, fs_hz: float, axis: int = -1):
     return scipy.fft.rfftfreq(n, 1.0 / fs_hz), np.moveaxis(spec, -1, axis)
 
 
+#: Lines of a compact envelope spectrum (alerts carry one, for plots).
+COMPACT_LINES = 400
+
+
+def compact_spectrum(f, a, max_hz: float, lines: int = COMPACT_LINES):
+    """A spectrum cut to ``(0, max_hz]`` and, when longer than ``lines``, the largest of each
+    run of ``k`` neighbouring lines (peaks survive, as a plot must show them).
+
+    Returns ``(df_hz, amplitudes)``: line ``i`` is at ``(i + 1) * df_hz`` (its run's last line).
+
+    >>> import numpy as np
+    >>> f = np.arange(0, 2001) * 1.0
+    >>> a = np.zeros((1, 2001)); a[0, 236] = 1.0
+    >>> df, c = compact_spectrum(f, a, 1000.0)
+    >>> df, c.shape, int(c[0].argmax() + 1) * df
+    (3.0, (1, 333), 237.0)
+    """
+    a = np.asarray(a)
+    df = float(f[1] - f[0])
+    n = int(min(len(f) - 1, np.floor(max_hz / df)))
+    k = max(1, int(np.ceil(n / lines)))
+    n -= n % k
+    body = a[..., 1:n + 1]
+    return df * k, body.reshape(*body.shape[:-1], n // k, k).max(axis=-1)
+
+
 def envelope_spectrum(x, fs_hz: float, band_hz=None, axis: int = -1):
     """Amplitude spectrum of the envelope, g (frequencies, amplitudes)."""
     band_hz = default_envelope_band_hz(fs_hz) if band_hz is None else band_hz

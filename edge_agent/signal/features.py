@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.signal.envelope import (amplitude_near, amplitude_spectrum,
+from edge_agent.signal.envelope import (amplitude_near, amplitude_spectrum, compact_spectrum,
                                         default_envelope_band_hz, envelope)
 from edge_agent.signal.bearing import FAULTS, FaultOrders
 from edge_agent.signal.spectrum import (band_rms_g, default_bands_hz, dominant_hz, peak_hz,
@@ -82,7 +82,7 @@ class FeatureSpec:
 
 
 def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
-                     rpm=None, axis: int = -1) -> dict[str, np.ndarray]:
+                     rpm=None, axis: int = -1, spectrum: bool = False) -> dict[str, np.ndarray]:
     """Compute every feature of the windows in ``x``.
 
     Parameters
@@ -97,6 +97,10 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
         Shaft speed, scalar or one per window.
     axis : int
         Time axis.
+    spectrum : bool
+        Also return the compact envelope spectrum (``env_spectrum_g``, lines up to
+        ``envelope_max_hz``, :func:`~edge_agent.signal.envelope.compact_spectrum`) and its
+        line spacing ``env_spectrum_df_hz`` (a float): not features, for alerts' plots.
 
     Returns
     -------
@@ -130,6 +134,9 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
     out["env_mean_g"] = env_mean
     ef, ea = amplitude_spectrum(env, fs_hz)
     out["env_peak_hz"] = peak_hz(ef, ea, min_hz=spec.envelope_min_hz, max_hz=spec.envelope_max_hz)
+    if spectrum:
+        out["env_spectrum_df_hz"], out["env_spectrum_g"] = compact_spectrum(
+            ef, ea.astype(np.float32), spec.envelope_max_hz)
 
     if rpm is not None and spec.fault_orders is not None:
         shaft_hz = np.broadcast_to(np.asarray(rpm, dtype=np.float64) / 60.0, x.shape[:-1])
