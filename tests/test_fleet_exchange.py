@@ -324,13 +324,38 @@ def test_the_aggregator_builds_a_robust_signed_prior_rolls_it_out_and_rolls_back
     again.outbox.close()
 
 
+def test_one_gateway_inventing_machines_does_not_outvote_the_others(fitted, keys, tmp_path):
+    """A compromised gateway may publish updates for any machine name of its own: counted
+    once per gateway, four invented machines at ×10 are one member, set aside."""
+    agent, _, _, _ = fitted
+    path = tmp_path / "fleet.toml"
+    path.write_text(FLEET_TOML.format(state=tmp_path / "agg", key=keys["key_path"])
+                    .replace("max_members_per_class = 4", "max_members_per_class = 16"))
+    clock = Clock()
+    agg = Aggregator(load_fleet_config(path), clock=clock)
+    summary = own_summary(agent)
+    for i in range(3):
+        agg.handle(("update",) + update(summary, f"gw-{i}", f"m{i}", clock.t))
+    for k in range(4):
+        agg.handle(("update",) + update(summary, "gw-9", f"fake{k}", clock.t, factor=10.0))
+    agg.tick()
+    prior = verify_prior(agg.priors[CLASS][1], load_public_key(keys["pub"]), class_name=CLASS)
+    agg.outbox.close()
+    assert prior.members == 3 and prior.provenance["excluded"] == ["gw-9/*"]
+    honest = summary.typical()
+    for name, value in prior.typical().items():
+        assert value == pytest.approx(honest[name], rel=1e-6), name
+
+
 def test_the_aggregator_bounds_what_the_network_names_and_refuses_by_reason(fitted, aggregator):
     agent, _, _, _ = fitted
     agg, clock = aggregator
     summary = own_summary(agent)
-    for i in range(6):  # 4 members per class: the least recently heard go
+    for i in range(6):  # 4 members per class: new names are refused, nobody is pushed out
         agg.handle(("update",) + update(summary, f"gw-{i}", f"m{i}", clock.t + i))
-    assert list(agg.members[CLASS]) == [f"gw-{i}/m{i}" for i in range(2, 6)]
+    assert list(agg.members[CLASS]) == [f"gw-{i}/m{i}" for i in range(4)]
+    agg.handle(("update",) + update(summary, "gw-3", "m3", clock.t + 9))  # a member: taken
+    assert agg.members[CLASS]["gw-3/m3"]["created"] > agg.members[CLASS]["gw-2/m2"]["created"]
     topic, payload = update(summary, "gw-1", "m1", clock.t)
     for cls in ("c2", "c3"):  # two classes at most
         doc = {**json.loads(payload), "class": cls}
@@ -340,8 +365,8 @@ def test_the_aggregator_bounds_what_the_network_names_and_refuses_by_reason(fitt
     agg.handle(("update", topic, b"[1, 2]"))
     agg.handle(("update", "plant/site1/fleet/femto-c1/updates/gw-1", payload))
     assert set(agg.members) == {CLASS, "c2"}
-    assert agg.status()["refused"] == {"too_many_classes": 1, "bad_topic": 2, "oversized": 1,
-                                       "format": 1}
+    assert agg.status()["refused"] == {"too_many_members": 2, "too_many_classes": 1,
+                                       "bad_topic": 2, "oversized": 1, "format": 1}
     validate("agent-status", agg.publisher._agent_status("online", fleet=agg.status()))
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -48,6 +49,42 @@ OUTLIER_RATIO = 2.0
 
 class AggregationError(ValueError):
     """Members that cannot be aggregated (none, mixed classes, no common feature)."""
+
+
+def gateway_votes(members: dict[str, MemberSummary]) -> list[MemberSummary]:
+    """One summary per gateway: ``members`` is ``{"<agent>/<machine>": summary}``; the
+    machines of one agent (with the same features) become the coordinate-wise median of
+    their levels and scales, their windows summed, as ``<agent>/*``.
+
+    Robustness is about who can lie: one compromised gateway can invent machine names
+    (its credential may publish updates for any machine of its own), and so outvote the
+    honest members if every machine counted once. Counted once per gateway, it is one
+    member, which the median already bounds.
+
+    >>> import numpy as np
+    >>> def m(name, level):
+    ...     return MemberSummary("fan", name, ("rms_g",), 100, [level], [0.02], [True])
+    >>> votes = gateway_votes({"gw-1/a": m("a", -1.0), "gw-9/x": m("x", 1.0),
+    ...                        "gw-9/y": m("y", 1.0), "gw-9/z": m("z", 1.0)})
+    >>> [(v.machine, v.windows, float(v.location[0])) for v in votes]
+    [('a', 100, -1.0), ('gw-9/*', 300, 1.0)]
+    """
+    groups: dict[tuple[str, tuple[str, ...]], list[tuple[str, MemberSummary]]] = {}
+    for name, summary in sorted(members.items()):
+        agent = name.split("/", 1)[0]
+        groups.setdefault((agent, tuple(summary.feature_names)), []).append((name, summary))
+    votes = []
+    for (agent, _), group in groups.items():
+        if len(group) == 1:
+            votes.append(group[0][1])
+            continue
+        parts = [s for _, s in group]
+        first = parts[0]
+        votes.append(replace(first, machine=f"{agent}/*", windows=sum(s.windows for s in parts),
+                             location=np.median([s.location for s in parts], axis=0),
+                             scale=np.median([s.scale for s in parts], axis=0),
+                             ae_weights=None))
+    return votes
 
 
 def robust_center(values: np.ndarray, method: str = "median", trim: float = 0.2) -> np.ndarray:

@@ -5,10 +5,12 @@ MQTT is its only peer. It subscribes to the member updates of its site
 ``$share/<share_group>/…`` when ``share_group`` is set, so a redundant pair splits the
 stream and either alone receives all of it), to the alerts (the canaries' alert rate
 decides a promotion) and to ``cmd/fleet-rollback``. It keeps each member's latest
-update (bounded: ``max_classes``, ``max_members_per_class``, the least recently heard
-member first to go) in its state directory, and when a class has ``min_members``
-members with something new, at most every ``aggregate_every_s``, it aggregates them
-robustly (:func:`edge_agent.fleet.aggregate.aggregate`), signs the prior with the fleet
+update (bounded: ``max_classes``, ``max_members_per_class``; a new member of a full class
+is refused, ``too_many_members``, never made room for) in its state directory, and when a
+class has ``min_members`` members with something new, at most every ``aggregate_every_s``,
+it aggregates them robustly, one vote per gateway
+(:func:`edge_agent.fleet.aggregate.gateway_votes`, then
+:func:`edge_agent.fleet.aggregate.aggregate`), signs the prior with the fleet
 key and starts its staged rollout (:mod:`edge_agent.fleet.rollout`): the candidate
 retained on ``…/fleet/<class>/candidate``, the stable version on ``…/fleet/<class>/prior``,
 the signed rollout document on ``…/fleet/<class>/rollout``.
@@ -158,12 +160,12 @@ class Aggregator:
         old = members.get(member)
         if old is not None and old["created"] >= doc["created"]:
             return  # the same update again (redelivery, the board), or an older one
+        if old is None and len(members) >= a.max_members_per_class:
+            # never make room by dropping a member: new names would push the honest ones out
+            return self._refuse("too_many_members", topic,
+                                f"class {cls} has {len(members)} members already")
         members[member] = doc
         members.move_to_end(member)
-        while len(members) > a.max_members_per_class:
-            gone, _ = members.popitem(last=False)
-            log.warning("fleet member dropped: too many", extra={
-                "event": "fleet_member_dropped", "class": cls, "member": gone})
         self.dirty.add(cls)
         self.updates[cls] += 1
         log.info("fleet update", extra={"event": "fleet_update", "class": cls, "member": member,
@@ -232,11 +234,13 @@ class Aggregator:
 
     def build(self, cls: str, now: float) -> int:
         """Aggregate ``cls``'s members into a new signed version and put it on trial."""
-        from edge_agent.fleet.aggregate import aggregate
+        from edge_agent.fleet.aggregate import aggregate, gateway_votes
 
         a = self.config.aggregator
         rollout = self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout))
-        summaries = [update_from_doc(d, class_name=cls) for d in self.members[cls].values()]
+        # one vote per gateway: a gateway that invents machine names does not outvote the others
+        summaries = gateway_votes({m: update_from_doc(d, class_name=cls)
+                                   for m, d in self.members[cls].items()})
         version = rollout.highest + 1
         prior = aggregate(summaries, class_name=cls, version=version, created_s=now,
                           method=a.method, trim=a.trim, weight_clip=a.weight_clip or None)
