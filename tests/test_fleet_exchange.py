@@ -160,6 +160,21 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
         member.tick()
         assert member.status()["machines"][MACHINE]["sharing"] == "budget_spent"
         assert len(link.outbox.pending()) == sent
+        spent = member.status()["machines"][MACHINE]["epsilon"]
+        link.close(drain_s=0)
+        # nor by raising the budget: what was spent counts against the new one
+        agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=3.5,
+                                                noise_multiplier=4.0)
+        assert member.status()["machines"][MACHINE]["epsilon"] == pytest.approx(spent)
+        for _ in range(20):
+            member.tick()
+            clock.t += 61
+        more = len(link.outbox.pending()) - sent
+        acc = rdp.RdpAccountant()
+        acc.compose(GaussianDpEvent(4.0), 2 * (sent + more))
+        assert 0 <= more < sent and acc.get_epsilon(1e-5) <= 3.5
+        assert member.status()["machines"][MACHINE]["epsilon"] == pytest.approx(
+            acc.get_epsilon(1e-5), rel=1e-6)
     finally:
         link.close(drain_s=0)
 
@@ -230,6 +245,17 @@ def test_the_signed_rollout_decides_who_uses_what_and_only_it_moves_a_version_ba
     send(member, T.fleet_doc(CLASS, "rollout"), rolled_back)  # 3 dropped, back to 1
     assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 1, OTHER: 1}
     assert member.status()["classes"][CLASS]["stage"] == "rolled_back"
+    # a restart: the broker sends the retained documents again, the same rollout included
+    link.close(drain_s=0)
+    again = FleetMember(agent, link, clock=clock, seed=1)
+    agent.pipeline.priors.clear()
+    for v in (1, 2, 3):
+        send(again, T.fleet_doc(CLASS, "candidate"), signed_prior(agent, keys["key"], v))
+    send(again, T.fleet_doc(CLASS, "rollout"), rolled_back)
+    assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 1, OTHER: 1}
+    assert again.status()["refused"] == {}
+    send(again, T.fleet_doc(CLASS, "rollout"), trial3)  # older than the saved one: never
+    assert again.status()["refused"] == {"old_version": 1}
 
 
 # -- the aggregator -----------------------------------------------------------------------------

@@ -82,8 +82,10 @@ class FleetMember:
                 "updates": saved.get("updates", 0), "too_large": saved.get("too_large", 0),
                 "version": saved.get("version"),  # the version it uses (forward only)
                 "role": None, "applied": None,  # applied in this process
-                "accountant": PrivacyAccountant.from_state(acc) if acc and
-                acc["budget_epsilon"] == f.epsilon_budget and acc["delta"] == f.delta
+                # what was spent stays spent when the budget or delta is changed: the
+                # accountant keeps the releases, and epsilon is recomputed at the new delta
+                "accountant": PrivacyAccountant.from_state(
+                    {**acc, "budget_epsilon": f.epsilon_budget, "delta": f.delta}) if acc
                 else PrivacyAccountant(f.epsilon_budget, f.delta)}
         self.rollout_seq: dict[str, int] = dict(state.get("rollout_seq", {}))
         self.rollouts: dict[str, dict] = {}
@@ -202,8 +204,13 @@ class FleetMember:
             if self.trust is None:
                 raise PriorRefused("signature", "no [fleet] trust_key: no prior can be trusted")
             if ref.kind == "fleet_rollout":
+                # after a restart the broker sends the retained rollout again, with the seq
+                # saved before: the same one is accepted once, an older one never
+                seen = self.rollout_seq.get(cls)
+                if seen is not None and cls not in self.rollouts:
+                    seen -= 1
                 self.rollouts[cls] = verify_rollout(doc, self.trust, class_name=cls,
-                                                    after_seq=self.rollout_seq.get(cls))
+                                                    after_seq=seen)
                 self.rollout_seq[cls] = doc["seq"]
             else:
                 prior = verify_prior(doc, self.trust, class_name=cls)
