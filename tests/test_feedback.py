@@ -133,3 +133,36 @@ def _pipeline_with(alerter):
     pipeline = Pipeline()
     pipeline.alerters[alerter.machine] = alerter
     return pipeline
+
+
+def test_a_false_alarm_in_zone_c_tolerates_zone_c_never_zone_d():
+    """Zone evidence has no ratio: the tolerance keeps the zone the operator saw."""
+    from edge_agent.models.verdict import Verdict
+
+    alerter = MachineAlerter("m", AlertPolicy())
+    zone = {"kind": "iso_zone", "key": "iso_zone", "zone": "C", "velocity_rms_mm_s": 5.0,
+            "strength": 1.0}
+    alert = {"id": "0" * 8 + "-0000-0000-0000-" + "0" * 12, "episode": "e1",
+             "severity": "alarm", "channels": ["de"], "evidence": [zone], "score": 6.0,
+             "threshold": 3.0, "alarm_threshold": 6.0}
+    feedback.remember(alerter, alert, 100.0)
+    assert feedback.apply(alerter, _label(alert, "false_alarm"), at_s=101.0) == "false_alarm"
+    verdict = Verdict("monitoring", 1.0, None, 4.0, 3.0, 6.0)
+    _, kept = feedback.tolerate(alerter, "de", verdict, [zone], 102.0)
+    assert kept == []  # zone C, as labelled: tolerated
+    worse = {**zone, "zone": "D", "velocity_rms_mm_s": 9.0}
+    _, kept = feedback.tolerate(alerter, "de", verdict, [worse], 103.0)
+    assert kept == [worse]  # a worse zone is not
+
+
+def test_a_false_alarm_elsewhere_keeps_a_fleet_held_baseline_held():
+    alerter = MachineAlerter("m", AlertPolicy())
+    alerter.channel_state("a").fleet_held = True
+    alerter.channel_state("b").state = "warning"
+    alerter.state = alerter.announced = "warning"
+
+    class Record:
+        start_s, machine, source, features = 5.0, "m", "test", {}
+
+    alerter.false_alarm("b", Record())
+    assert alerter.channel_state("a").fleet_held and alerter.state == "normal"

@@ -263,7 +263,9 @@ class MachineAlerter:
         a ``normal`` alert (raised by ``record``, the machine's latest window) closes it."""
         views = [c.view for c in self.channels.values() if c.view] + [None]
         for c in self.channels.values():
+            held = c.fleet_held  # a baseline that differs from its fleet waits for fleet-confirm
             c.reset()
+            c.fleet_held = held
         self.state = "normal"
         if self.announced == "normal":
             return None

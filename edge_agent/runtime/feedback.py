@@ -41,6 +41,8 @@ import math
 import re
 from dataclasses import replace
 
+from edge_agent.runtime.evidence import ZONES
+
 LABELS = ("false_alarm", "confirmed", "maintenance_done")
 #: Why a feedback message was refused (counted in the agent status's ``rejected``).
 REASONS = ("bad_feedback", "bad_label", "unknown_alert", "wrong_machine")
@@ -121,8 +123,12 @@ def remember(alerter, alert: dict, record_start_s: float) -> dict:
                  for e in alert["evidence"] if e.get("ratio") is not None}
     ratio = (alert["score"] / alert["threshold"]
              if alert.get("score") is not None and alert.get("threshold") else None)
+    # the worst ISO zone it showed, as an index (a zone has no ratio to tolerate up to)
+    zones = [ZONES.index(e["zone"]) for e in alert["evidence"]
+             if e["kind"] == "iso_zone" and e.get("zone") in ZONES]
     fb["alerts"] = (fb["alerts"] + [{
         "id": alert["id"], "episode": alert["episode"], "severity": alert["severity"],
+        "zone": max(zones, default=None),
         "ts_s": record_start_s, "channels": list(alert["channels"]), "score_ratio": ratio,
         "alarm_ratio": (alert["alarm_threshold"] / alert["threshold"]
                         if alert.get("alarm_threshold") and alert.get("threshold") else None),
@@ -169,8 +175,10 @@ def tolerate(alerter, channel: str, verdict, evidence: list, t_s: float):
             cap = math.log(min(labelled, MAX_TOLERANCE * limit) / limit)
             if math.log(max(e["ratio"], 1e-12) / limit) <= max(0.0, cap) * k:
                 continue
-        elif labelled is not None and e["kind"] == "iso_zone" and k >= 0.5:
-            continue  # the zone the operator saw and called normal, until half forgotten
+        elif (e["kind"] == "iso_zone" and tol.get("zone") is not None and k >= 0.5
+              and ZONES.index(e["zone"]) <= tol["zone"]):
+            continue  # the zone the operator saw and called normal (never a worse one),
+            # until half forgotten
         kept.append(e)
     return verdict, kept
 
@@ -227,7 +235,7 @@ def apply(alerter, label: dict, at_s: float | None = None) -> str:
                                         "alarm_ratio": alert["alarm_ratio"],
                                         "evidence": {k: v * EVIDENCE_MARGIN
                                                      for k, v in alert["evidence"].items()},
-                                        "since_s": now}
+                                        "zone": alert.get("zone"), "since_s": now}
         while len(fb["tolerance"]) > MAX_TOLERANCES:  # the oldest go first
             del fb["tolerance"][min(fb["tolerance"], key=lambda c: fb["tolerance"][c]["since_s"])]
         if fb["held"] == alert["episode"]:

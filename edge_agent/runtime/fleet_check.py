@@ -17,6 +17,7 @@ import logging
 
 from edge_agent.models.prior_monitor import FLEET_FEATURES
 from edge_agent.models.verdict import Verdict
+from edge_agent.runtime import feedback
 from edge_agent.runtime.alerts import STATES, alert_id, build_alert, describe_window
 from edge_agent.runtime.evidence import evidence_names, window_evidence
 
@@ -76,4 +77,4 @@ def check_baseline(pipeline, machine: str, channel: str, model, record, generati
     alert = build_alert(alerter, "warning", "normal", channel, [channel], view, [], record)
     alert["summary"] = (f"{machine} WARNING on {channel}: {DIFFERS}: " + "; ".join(texts)
                         + "; its baseline is not taken as normal until an operator confirms it")
-    return alert
+    return feedback.remember(alerter, alert, record.start_s)  # operators may label it
