@@ -711,21 +711,33 @@ def test_only_the_machines_configured_area_addresses_it(broker, tmp_path):
 
 # -- 7. at SIGTERM, the queued live frames that are dropped are counted -----------------------------
 def test_sigterm_counts_the_queued_live_frames_it_drops(broker, tmp_path):
+    """Frames queued for processing at a stop are dropped and counted. To have a known number
+    queued, the processing thread is held (an alert waits for a disk that takes no write)
+    while the backlog arrives; a refused message sent after it marks that all of it is in."""
     config = write_config(tmp_path, broker.port)
     status_topic = f"{PREFIX}/agents/{AGENT_ID}/status"
     watcher = Watcher(settings_for(broker, "operator"), [status_topic], "ops-term")
     sensor = Sensor(settings_for(broker, "sensor"))
     agent = AgentProcess(config)
     agent.wait_event("mqtt_subscribed")
-    backlog = [replace(f, start_s=T0 + k * 0.1) for k, f in enumerate(BASELINE * 40)]
-    sensor.send(backlog)  # 120 s of frames at once: far more than a second's processing
-    agent.wait_event("baseline_learned", 60)
+    sensor.send(BASELINE)
+    agent.wait_event("baseline_learned")
+    hard = resource.prlimit(agent.pid, resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(agent.pid, resource.RLIMIT_FSIZE, (1, hard))
+    sensor.send(FAULT)
+    agent.wait_event("storage_full", 90, where=lambda d: d.get("what") == "alert")
+    backlog = frames("normal", 40, 300)  # after the fault's frames: none a duplicate
+    sensor.send(backlog)
+    sensor.client.publish(f"{PREFIX}/{SITE}/{AREA}/no-such-machine/de/raw", b"marker", qos=1)
+    agent.wait_event("refused", 60, where=lambda d: "/no-such-machine/" in d.get("example", ""))
     assert agent.stop() == 0
     sensor.close()
     stop = agent.wait_event("stop")
     dropped = agent.wait_event("dropped_at_stop")["frames"]
-    assert dropped > 0 and stop["dropped_at_stop"] == dropped
-    assert stop["frames"] + stop["dropped_frames"] + dropped <= len(backlog)
+    # every backlog frame was queued behind the held alert (so were the fault's frames after
+    # the one that raised it): each one dropped and counted
+    assert len(backlog) <= dropped < len(backlog) + len(FAULT)
+    assert stop["dropped_at_stop"] == dropped and stop["dropped_frames"] == 0
     watcher.wait(lambda w: any(d["status"] == "offline" for d in w.docs(status_topic)), 30,
                  "the offline status")
     watcher.close()
