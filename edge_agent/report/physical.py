@@ -104,17 +104,20 @@ def trends_figure(machine: Machine, f: Facts):
     style = {c: CHANNEL_STYLES[i % len(CHANNEL_STYLES)] for i, c in enumerate(names)}
     if f.baseline is not None:
         for ax in axes:
+            # above the ISO zone bands (zorder 0), below the lines: both must show
             ax.axvspan(axis.x(f.baseline[0]), axis.x(f.baseline[1]), color=BASELINE_COLOUR,
-                       zorder=0, label="_baseline", gid="baseline")
+                       alpha=0.6, zorder=0.5, label="_baseline", gid="baseline")
     rms, velocity, shape, lines = axes
     peak_velocity = 0.0
+    sparse = max(len(machine.channels[c].t) for c in names) < 200
+    marker = {"marker": "o", "ms": 3} if sparse else {}  # a capture's few samples: each shown
     for c in names:
         s = machine.channels[c]
         rms.plot(*_series(s, "rms_g", axis), ls=style[c], color="#1d3c78", lw=1.0,
-                 label=f"{c}: overall RMS", gid=f"rms_g/{c}")
+                 label=f"{c}: overall RMS", gid=f"rms_g/{c}", **marker)
         xs, ys = _series(s, "velocity_rms_mm_s", axis)
         velocity.plot(xs, ys, ls=style[c], color="black", lw=1.0, label=f"{c}: velocity RMS",
-                      gid=f"velocity_rms_mm_s/{c}")
+                      gid=f"velocity_rms_mm_s/{c}", **marker)
         peak_velocity = max([peak_velocity] + [y for y in ys if y == y])
         for name, colour in (("kurtosis", "#6a1b9a"), ("crest_factor", "#00838f")):
             # the shock-robust form when there (what the alarms judge): a knock is no trend
@@ -122,12 +125,12 @@ def trends_figure(machine: Machine, f: Facts):
                          for ind in s.indicators)
             key = f"sustained_{name}" if robust else name
             shape.plot(*_series(s, key, axis), ls=style[c], color=colour, lw=1.0,
-                       label=f"{c}: {key.replace('_', ' ')}", gid=f"{key}/{c}")
+                       label=f"{c}: {key.replace('_', ' ')}", gid=f"{key}/{c}", **marker)
         for fault in FAULTS:
             xs, ys = _series(s, f"env_{fault}_g", axis)
             if any(y == y for y in ys):
                 lines.plot(xs, ys, ls=style[c], color=FAULT_COLOURS[fault], lw=1.0,
-                           label=f"{c}: {fault.upper()}", gid=f"env_{fault}_g/{c}")
+                           label=f"{c}: {fault.upper()}", gid=f"env_{fault}_g/{c}", **marker)
     cls = iso_class(machine)
     if cls:
         limits = zone_limits(cls)
