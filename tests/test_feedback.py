@@ -166,3 +166,38 @@ def test_a_false_alarm_elsewhere_keeps_a_fleet_held_baseline_held():
 
     alerter.false_alarm("b", Record())
     assert alerter.channel_state("a").fleet_held and alerter.state == "normal"
+def _evidence(ratio):
+    return [{"kind": "feature", "key": "sustained_rms_g", "feature": "sustained_rms_g",
+             "ratio": ratio, "ratio_limit": 2.0, "z": 10.0, "strength": ratio / 2.0,
+             "text": ""}]
+
+
+def test_the_tolerance_is_bounded_and_fades():
+    """Unit test of the tolerance alone (constructed verdicts and evidence)."""
+    from edge_agent.models import Verdict
+
+    alerter = MachineAlerter("m", AlertPolicy())
+    fb = feedback.state(alerter)
+    fb["alerts"].append({"id": "0a2eb43e-641b-5294-a920-0f69f2bf5f71", "episode": "e",
+                         "severity": "alarm", "ts_s": 0.0, "channels": ["de"],
+                         "score_ratio": 4.0, "alarm_ratio": 2.0,
+                         "evidence": {"sustained_rms_g": 2.5, "bpfi": 135.0}})
+    fb["last_s"] = 0.0
+    feedback.apply(alerter, {"alert_id": "0a2eb43e-641b-5294-a920-0f69f2bf5f71",
+                             "label": "false_alarm"})
+    verdict = Verdict("monitoring", 1.0, "any", 4.5, 1.0, 2.0, magnitude=2.0,
+                      min_change_ratio=1.15)
+    tolerated, kept = feedback.tolerate(alerter, "de", verdict, _evidence(3.7), 0.0)
+    assert not tolerated.anomalous and kept == []  # 4.5 < 1.25 × 4; 3.7 < 1.5 × 2.5
+    assert feedback.tolerate(alerter, "de", verdict, _evidence(4.0), 0.0)[1] != []  # worse
+    assert feedback.tolerate(alerter, "other", verdict, _evidence(3.0), 0.0)[1] != []
+    # bounded: a huge labelled defect line is tolerated only up to 3 × its limit (3 × 3)
+    line = [{"kind": "fault_line", "key": "line_bpfi", "fault": "bpfi", "ratio": 10.0,
+             "ratio_limit": 3.0, "strength": 3.3, "text": ""}]
+    assert feedback.tolerate(alerter, "de", verdict, line, 0.0)[1] == line
+    # fades: after one half-life the excess over the limit is halved (2 × (3.75/2)^0.5 = 2.74)
+    week = feedback.HALF_LIFE_S
+    assert feedback.tolerate(alerter, "de", verdict, _evidence(2.6), week)[1] == []
+    assert feedback.tolerate(alerter, "de", verdict, _evidence(2.9), week)[1] != []
+    assert feedback.tolerate(alerter, "de", verdict, _evidence(2.1), 7 * week)[1] != []
+    assert "de" not in fb["tolerance"]  # forgotten

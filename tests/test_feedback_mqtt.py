@@ -107,3 +107,18 @@ def test_feedback_round_trips_through_the_shipped_broker(shipped, tmp_path):
     rejected = {r: v["count"] for r, v in agent_status["rejected"].items()}
     assert rejected == {"unknown_alert": 1, "bad_label": 1, "bad_feedback": 1}
     assert agent_status["processing"]["feedback"] == 2
+
+    # the report of this live capture (as mosquitto_sub -v saves it): trends from the
+    # statuses, each alert's envelope spectrum from the alert, the label in the summary
+    capture = tmp_path / "capture.txt"
+    capture.write_text("".join(f"{t} {p.decode()}\n" for t, p in watcher.messages if p))
+    out = tmp_path / "report"
+    report = subprocess.run([sys.executable, "-m", "edge_agent", "report", str(capture),
+                             "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                            timeout=120)
+    assert report.returncode == 0, report.stderr
+    # (the normal alert raised by the label carries no spectrum: no window raised it)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "motor-1-A1-envelope.png", "motor-1-trends.png", "motor-1.png", "report.html"]
+    assert 'feedback       A1 false_alarm by ana ("new coupling")' in report.stdout
+    assert "final state    normal" in report.stdout

@@ -371,7 +371,7 @@ def test_trends_and_envelope_figures_of_a_cwru_replay(cwru, tmp_path, capsys):
     printed = capsys.readouterr().out
     summary = summary_of(printed, "motor-3")
     assert list(summary)[3:5] == ["first alarm", "first warning"]  # in the order they came
-    assert summary["baseline"].endswith("; 20 windows, 0.00056 h of running")
+    assert summary["baseline"].endswith("; 20 windows, 0.00053 h of running")  # 19 × 0.1 s
     assert summary["feedback"] == "none"
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "BPFO" in html and "none rose 3 times" not in html  # its defect line is named

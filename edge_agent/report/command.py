@@ -5,12 +5,14 @@ The input is either the JSON lines of ``edge-agent replay --jsonl`` (``kind``
 machine-status topics (``mosquitto_sub -v`` lines ``TOPIC PAYLOAD``, or the JSON
 lines of ``edge-agent alerts --json``). The output is ``report.html`` (one
 self-contained file: inline CSS, plots as data URIs, nothing fetched, for an
-air-gapped plant network), one PNG per machine beside it, and a plain-text
-summary on standard output.
+air-gapped plant network), the PNGs beside it (per machine its anomaly score, its
+physical trends and each alert's envelope spectrum: :mod:`edge_agent.report.physical`),
+and a plain-text summary on standard output.
 
 :mod:`edge_agent.report.parse` reads the input, :mod:`edge_agent.report.facts` derives
-what is said about each machine, :mod:`edge_agent.report.html` draws the plots and
-writes the page, and this module is the command. Registration in the CLI is one line,
+what is said about each machine, :mod:`edge_agent.report.html` draws the score plot and
+writes the page, :mod:`edge_agent.report.physical` draws the physical figures, and this
+module is the command. Registration in the CLI is one line,
 ``add_report_parser(sub)``; its default ``func`` is :func:`report_command`.
 matplotlib is imported only when the command runs, so other commands do not pay
 for it.
@@ -36,7 +38,9 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
         description="Read the JSON lines of 'edge-agent replay --jsonl' or a capture of the "
                     "alert and machine-status topics (mosquitto_sub -v, or edge-agent alerts "
                     "--json) and write DIR/report.html (self-contained: no external resources) "
-                    "and DIR/<machine>.png, then print a summary per machine. Needs "
+                    "and per machine DIR/<machine>.png (anomaly score), DIR/<machine>-trends.png (physical "
+                    "indicators, ISO zones) and DIR/<machine>-A<n>-envelope.png (each alert's "
+                    "envelope spectrum), then print a summary per machine. Needs "
                     "matplotlib: pip install 'edge-agent[report]'.")
     p.add_argument("input", metavar="INPUT.jsonl", help="replay JSON lines or a capture ('-': "
                                                         "standard input)")

@@ -117,6 +117,13 @@ def facts(machine: Machine) -> Facts:
     for series in machine.channels.values():
         step, gap = series.step_and_gap()
         spans = runs(series.t, [p == "baselining" for p in series.phase], step, gap)
+        # One baseline until the channel is first monitored, across gaps in the data (a
+        # stop, missing snapshots); later baselining is settling, a new speed, a re-baseline
+        first_monitored = next((t for t, p in zip(series.t, series.phase)
+                                if p == "monitoring"), float("inf"))
+        early = [span for span in spans if span[0] < first_monitored]
+        if early:
+            spans = [(early[0][0], early[-1][1])] + spans[len(early):]
         if series.coverage:
             # the agent's own account (a status's): a capture may start in or after it
             c = series.coverage
@@ -125,10 +132,13 @@ def facts(machine: Machine) -> Facts:
             windows.append(int(c["windows"]))
             running_h.append(float(c["running_h"]))
         elif spans:
-            n = sum(1 for t, p in zip(series.t, series.phase)
-                    if p == "baselining" and spans[0][0] <= t <= spans[0][1])
-            windows.append(n if series.windows == len(series.t) else None)
-            running_h.append(n * step / 3600.0 if series.windows == len(series.t) else None)
+            inside = [t for t, p in zip(series.t, series.phase)
+                      if p == "baselining" and spans[0][0] <= t <= spans[0][1]]
+            # running time: the steps between its windows, gaps (stops) left out
+            running = sum(b - a for a, b in zip(inside, inside[1:]) if b - a <= gap)
+            complete = series.windows == len(series.t)  # verdicts, not a capture's samples
+            windows.append(len(inside) if complete else None)
+            running_h.append(running / 3600.0 if complete else None)
         baselines.append(spans)
     firsts = [spans[0] for spans in baselines if spans]
     baseline = (min(a for a, _ in firsts), max(b for _, b in firsts)) if firsts else None

@@ -169,7 +169,9 @@ def _format_axes(axes, axis: TimeAxis, peak: float) -> None:
         ax.set_yticks([v for v in (0, 1, 2, 4, 8, 16, 32, 64, 128) if v <= top],
                       labels=[f"{v}" for v in (0, 1, 2, 4, 8, 16, 32, 64, 128) if v <= top])
         ax.yaxis.set_minor_locator(NullLocator())
-        ax.set_ylabel("anomaly score, −log₁₀ p\n(log scale above 2)")
+        # in words: the number alone (a −log10 p) means nothing to most readers
+        ax.set_ylabel("anomaly score: how unusual\n2 = 1 healthy window in 100\n"
+                      "(−log₁₀ p, log scale above 2)", fontsize=9)
         ax.grid(True, axis="both", color="#dddddd", lw=0.6)
     if axis.dated:
         locator = AutoDateLocator(minticks=5, maxticks=12)

@@ -111,8 +111,9 @@ def _document(line: str):
 def _add_status(machines: dict, doc: dict, seen: set) -> None:
     """One sample per channel of a machine-status document, at its last window."""
     for name, c in doc["channels"].items():
-        # A retained status is re-sent unchanged: one sample per window, not per message.
-        key = (doc["machine"], name, c.get("last_window_ts"))
+        # A retained status is re-sent unchanged: one sample per window, not per message;
+        # but a new state at the same window (an operator's label) is a new sample.
+        key = (doc["machine"], name, c.get("last_window_ts"), c.get("state"))
         if c.get("last_window_ts") is None or key in seen:
             continue  # nothing processed yet, or a window already seen
         seen.add(key)

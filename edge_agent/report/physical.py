@@ -27,6 +27,9 @@ from edge_agent.signal.velocity import ISO_20816_3_BOUNDARIES_MM_S
 ZONE_COLOURS = {"A": "#c8e6c9", "B": "#fff3b0", "C": "#ffd0a0", "D": "#f4a3a3"}
 FAULT_COLOURS = {"bpfo": "#1f77b4", "bpfi": "#d62728", "bsf": "#2ca02c", "ftf": "#9467bd"}
 CHANNEL_STYLES = ("-", "--", ":", "-.")
+#: Channels by colour (tab10 without the colours of the defect lines' panel)
+CHANNEL_COLOURS = ("#1d3c78", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                   "#17becf", "#000000")
 BASELINE_COLOUR = "#b7d7ee"
 HARMONICS = (1, 2, 3)
 DEFAULT_ISO_CLASS = "2/rigid"
@@ -104,30 +107,37 @@ def trends_figure(machine: Machine, f: Facts):
     style = {c: CHANNEL_STYLES[i % len(CHANNEL_STYLES)] for i, c in enumerate(names)}
     if f.baseline is not None:
         for ax in axes:
+            # above the ISO zone bands (zorder 0), below the lines: both must show
             ax.axvspan(axis.x(f.baseline[0]), axis.x(f.baseline[1]), color=BASELINE_COLOUR,
-                       zorder=0, label="_baseline", gid="baseline")
+                       alpha=0.6, zorder=0.5, label="_baseline", gid="baseline")
     rms, velocity, shape, lines = axes
     peak_velocity = 0.0
+    sparse = max(len(machine.channels[c].t) for c in names) < 200
+    marker = {"marker": "o", "ms": 3} if sparse else {}  # a capture's few samples: each shown
+    colour = {c: CHANNEL_COLOURS[i % len(CHANNEL_COLOURS)] for i, c in enumerate(names)}
+
+    def draw(ax, series, name, label, gid, **style):
+        xs, ys = _series(series, name, axis)
+        if any(y == y for y in ys):  # a feature stream may not have it: nothing drawn
+            ax.plot(xs, ys, lw=1.0, label=label, gid=gid, **{**marker, **style})
+        return [y for y in ys if y == y]
+
     for c in names:
         s = machine.channels[c]
-        rms.plot(*_series(s, "rms_g", axis), ls=style[c], color="#1d3c78", lw=1.0,
-                 label=f"{c}: overall RMS", gid=f"rms_g/{c}")
-        xs, ys = _series(s, "velocity_rms_mm_s", axis)
-        velocity.plot(xs, ys, ls=style[c], color="black", lw=1.0, label=f"{c}: velocity RMS",
-                      gid=f"velocity_rms_mm_s/{c}")
-        peak_velocity = max([peak_velocity] + [y for y in ys if y == y])
-        for name, colour in (("kurtosis", "#6a1b9a"), ("crest_factor", "#00838f")):
+        draw(rms, s, "rms_g", f"{c}: overall RMS", f"rms_g/{c}", color=colour[c])
+        peak_velocity = max([peak_velocity] + draw(
+            velocity, s, "velocity_rms_mm_s", f"{c}: velocity RMS",
+            f"velocity_rms_mm_s/{c}", color=colour[c]))
+        for name, ls in (("kurtosis", "-"), ("crest_factor", "--")):
             # the shock-robust form when there (what the alarms judge): a knock is no trend
             robust = any((ind or {}).get(f"sustained_{name}") is not None
                          for ind in s.indicators)
             key = f"sustained_{name}" if robust else name
-            shape.plot(*_series(s, key, axis), ls=style[c], color=colour, lw=1.0,
-                       label=f"{c}: {key.replace('_', ' ')}", gid=f"{key}/{c}")
+            draw(shape, s, key, f"{c}: {key.replace('_', ' ')}", f"{key}/{c}",
+                 color=colour[c], ls=ls)
         for fault in FAULTS:
-            xs, ys = _series(s, f"env_{fault}_g", axis)
-            if any(y == y for y in ys):
-                lines.plot(xs, ys, ls=style[c], color=FAULT_COLOURS[fault], lw=1.0,
-                           label=f"{c}: {fault.upper()}", gid=f"env_{fault}_g/{c}")
+            draw(lines, s, f"env_{fault}_g", f"{c}: {fault.upper()}", f"env_{fault}_g/{c}",
+                 color=FAULT_COLOURS[fault], ls=style[c])
     cls = iso_class(machine)
     if cls:
         limits = zone_limits(cls)
@@ -161,6 +171,9 @@ def trends_figure(machine: Machine, f: Facts):
         ax.grid(True, color="#dddddd", lw=0.6)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper left", ncol=4, framealpha=0.85)
+        else:
+            ax.text(0.5, 0.5, "not in this input (a feature stream without it)",
+                    transform=ax.transAxes, ha="center", va="center", color="#555555")
     _mark_alerts(axes, machine, axis)
     if axis.dated:
         from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
