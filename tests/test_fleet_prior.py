@@ -95,6 +95,12 @@ def test_a_baseline_that_differs_from_its_fleet_is_held_until_an_operator_confir
     assert "differs from its fleet" in alerts[0]["summary"]
     assert "zone C" in alerts[0]["summary"] and "operator confirms" in alerts[0]["summary"]
     assert pipeline.held_baselines[("pump-7", "de")]
+    # a restart from a checkpoint (the detectors are pickled) keeps it held
+    import pickle
+
+    restored = Pipeline(config)
+    restored.detectors = pickle.loads(pickle.dumps(pipeline.detectors))
+    assert restored.held_baselines == pipeline.held_baselines
     assert pipeline.confirm_baseline("pump-7") == 1
     verdict, _ = pipeline.process(next(_records(5.6, 1, start=60))[1], 60)
     assert verdict["basis"] == "own" and ("pump-7", "de") not in pipeline.held_baselines
