@@ -95,6 +95,12 @@ def test_a_baseline_that_differs_from_its_fleet_is_held_until_an_operator_confir
     assert "differs from its fleet" in alerts[0]["summary"]
     assert "zone C" in alerts[0]["summary"] and "operator confirms" in alerts[0]["summary"]
     assert pipeline.held_baselines[("pump-7", "de")]
+    # a restart from a checkpoint (the detectors are pickled) keeps it held
+    import pickle
+
+    restored = Pipeline(config)
+    restored.detectors = pickle.loads(pickle.dumps(pipeline.detectors))
+    assert restored.held_baselines == pipeline.held_baselines
     assert pipeline.confirm_baseline("pump-7") == 1
     verdict, _ = pipeline.process(next(_records(5.6, 1, start=60))[1], 60)
     assert verdict["basis"] == "own" and ("pump-7", "de") not in pipeline.held_baselines
@@ -175,12 +181,24 @@ def test_an_operator_confirms_a_held_baseline_over_mqtt_and_a_sensor_cannot(tmp_
         for i, rec in _records(5.6, 40):
             agent.pipeline.process(rec, i)
         assert agent.pipeline.held_baselines
+        for i, rec in _records(5.6, 1, start=40):  # the agent's own view of a window
+            agent.channel_view[("pump-7", "de")] = {**agent.pipeline.process(rec, i)[0],
+                                                    "start_s": rec.start_s}
         link = connect_agent(agent)
         stop = threading.Event()
         worker = threading.Thread(target=agent.run, args=(stop,))
         worker.start()
         try:
             assert link.publisher.wait_connected(10) and link.publisher.wait_subscribed(10)
+            import jsonschema
+
+            from edge_agent.mqtt.link import machine_status
+            from edge_agent.schema import load_schema
+
+            status = machine_status(agent, "pump-7")
+            jsonschema.Draft202012Validator(load_schema("machine-status")).validate(status)
+            de = status["channels"]["de"]
+            assert de["basis"] == "prior" and "zone C" in de["fleet_held"][0]
             topic = link.topics.fleet_confirm("pump-7")
             for user in ("sensor", "operator"):  # the ACL lets only the operator command
                 client = make_client(settings(broker, user=user), f"{user}-confirm")
@@ -190,6 +208,7 @@ def test_an_operator_confirms_a_held_baseline_over_mqtt_and_a_sensor_cannot(tmp_
                 client.disconnect()
                 client.loop_stop()
             assert wait_until(lambda: not agent.pipeline.held_baselines, 10)
+            assert "fleet_held" not in machine_status(agent, "pump-7")["channels"]["de"]
             denied = [line for line in broker.log().splitlines()
                       if "Denied PUBLISH from sensor-confirm" in line]
             assert denied and "cmd/fleet-confirm" in denied[0]

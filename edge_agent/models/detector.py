@@ -105,6 +105,7 @@ class RegimeModel:
     prior_monitor: PriorMonitor | None = None
     accepted: bool | None = True
     ae_init: list | None = None
+    fleet_differences: list | None = None  # why a held baseline differs from its fleet
 
     def __init__(self, names, directions, config: DetectorConfig):
         self.names, self.directions, self.config = names, directions, config

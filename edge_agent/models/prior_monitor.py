@@ -108,6 +108,11 @@ class PriorMonitor:
     def reference(self) -> tuple[dict, dict]:
         """The fleet's healthy medians and (log10) spreads of this channel's features, as
         alerts judge evidence against (the own baseline's ``reference`` and ``spread``)."""
+        if getattr(self, "_reference", None) is None:  # asked every window: built once
+            self._reference = self._build_reference()
+        return self._reference
+
+    def _build_reference(self) -> tuple[dict, dict]:
         ref = {n: float(10.0 ** c) if lg else float(c)
                for n, c, lg, k in zip(self.names, self.location_, self.log_, self.known_) if k}
         spread = {n: float(s) for n, s, lg, k in zip(self.names, self.scale_, self.log_,
