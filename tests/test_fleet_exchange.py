@@ -160,6 +160,11 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
         member.tick()
         assert member.status()["machines"][MACHINE]["sharing"] == "budget_spent"
         assert len(link.outbox.pending()) == sent
+        link.close(drain_s=0)
+        # nor by a new budget: what was spent stays spent
+        agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=6.0,
+                                                noise_multiplier=4.0)
+        assert member.status()["machines"][MACHINE]["epsilon"] == pytest.approx(status["epsilon"])
     finally:
         link.close(drain_s=0)
 
@@ -358,3 +363,27 @@ def test_the_example_fleet_toml_parses_and_errors_name_the_key(tmp_path):
         text = base.replace("canaries = [\"gw-0/m0\"]\n", "") if "canaries" in line else base
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_fleet_config(text.replace(table + "\n", f"{table}\n{line}\n"))
+
+
+def test_docs_fleet_md_documents_every_fleet_toml_key_with_its_default_and_range():
+    import dataclasses
+    import re
+
+    from edge_agent.fleet.aggregator_config import AggregatorConfig
+    from edge_agent.runtime.ranges import RANGES
+
+    text = (REPO / "docs" / "fleet.md").read_text().split("### fleet.toml", 1)[1]
+    rows = {m[0]: (m[1].strip(), m[2].strip())
+            for m in re.findall(r"^\| `([a-z_.]+)` \| ([^|]*) \| ([^|]*) \|", text, re.M)}
+    example = (REPO / "deploy" / "fleet" / "fleet.example.toml").read_text()
+    for table, cls in (("aggregator", AggregatorConfig), ("rollout", RolloutPolicy)):
+        for f in dataclasses.fields(cls):
+            default, rng = rows.pop(f"{table}.{f.name}")
+            assert re.search(rf"^{f.name} = ", example, re.M), f"example lacks {table}.{f.name}"
+            if f.default is not dataclasses.MISSING:
+                shown = (str(list(f.default)) if isinstance(f.default, tuple)
+                         else f'"{f.default}"' if isinstance(f.default, str) else str(f.default))
+                assert default == f"`{shown}`", (table, f.name, default)
+            expected = RANGES.get(cls.__name__, {}).get(f.name)
+            assert rng == (expected.text() if expected else "—"), (table, f.name, rng)
+    assert rows == {}

@@ -82,9 +82,12 @@ class FleetMember:
                 "updates": saved.get("updates", 0), "too_large": saved.get("too_large", 0),
                 "version": saved.get("version"),  # the version it uses (forward only)
                 "role": None, "applied": None,  # applied in this process
-                "accountant": PrivacyAccountant.from_state(acc) if acc and
-                acc["budget_epsilon"] == f.epsilon_budget and acc["delta"] == f.delta
+                # what was spent stays spent when the budget or delta is changed
+                "accountant": PrivacyAccountant.from_state(
+                    {**acc, "budget_epsilon": f.epsilon_budget, "delta": f.delta}) if acc
                 else PrivacyAccountant(f.epsilon_budget, f.delta)}
+        for m in self.machines.values():
+            self._account(m)
         self.rollout_seq: dict[str, int] = dict(state.get("rollout_seq", {}))
         self.rollouts: dict[str, dict] = {}
         self.priors: dict[str, dict[int, object]] = {}  # class -> version -> FleetPrior
@@ -96,6 +99,13 @@ class FleetMember:
         for cls in sorted(set(self.classes.values())):
             link.publisher.subscribe(topics.fleet_docs_filter(cls), self._on_message,
                                      retained=True)
+
+    def _account(self, m: dict) -> None:
+        """Cache the accountant's ε and whether the next release would pass the budget
+        (dp-accounting takes milliseconds: once per release, not per status)."""
+        acc = m["accountant"]
+        m["epsilon"] = acc.epsilon()
+        m["exhausted"] = acc.would_exceed(self.settings.noise_multiplier)
 
     # -- threads ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,7 +141,7 @@ class FleetMember:
         return (self.settings.share and self.fitted(machine)
                 and (m["last_publish_s"] is None
                      or now - m["last_publish_s"] >= self.settings.publish_every_s)
-                and not m["accountant"].would_exceed(self.settings.noise_multiplier))
+                and not m["exhausted"])
 
     def share(self, machine: str, now: float) -> str | None:
         """Build, privatise, account and queue one update of ``machine``; its id, or None."""
@@ -151,7 +161,8 @@ class FleetMember:
                            rng=self.rng)
         acc = m["accountant"]
         acc.spend(f.noise_multiplier, MECHANISMS_PER_RELEASE)
-        epsilon = acc.epsilon()
+        self._account(m)
+        epsilon = m["epsilon"]
         doc = update_to_doc(shared, agent=self.agent.config.id, created_s=now, privacy={
             "noise_multiplier": f.noise_multiplier, "clip": f.clip, "epsilon": epsilon,
             "delta": f.delta})
@@ -173,7 +184,7 @@ class FleetMember:
                 "event": "fleet_update_queued", "machine": machine, "class": cls,
                 "update_id": update_id, "bytes": len(payload), "epsilon": round(epsilon, 4),
                 "epsilon_budget": f.epsilon_budget})
-        if acc.would_exceed(f.noise_multiplier):
+        if m["exhausted"]:
             log.warning("privacy budget spent: this machine shares nothing more", extra={
                 "event": "fleet_budget_spent", "machine": machine, "epsilon": epsilon,
                 "epsilon_budget": f.epsilon_budget})
@@ -254,13 +265,11 @@ class FleetMember:
         f = self.settings
         machines = {}
         for machine, m in sorted(self.machines.items()):
-            acc = m["accountant"]
-            sharing = ("off" if not f.share else "budget_spent"
-                       if acc.would_exceed(f.noise_multiplier) else
+            sharing = ("off" if not f.share else "budget_spent" if m["exhausted"] else
                        "on" if self.fitted(machine) else "waiting_baseline")
             machines[machine] = {"class": m["class"], "prior_version": m["applied"],
                                  "prior_role": m["role"], "sharing": sharing,
-                                 "epsilon": round(acc.epsilon(), 6),
+                                 "epsilon": round(m["epsilon"], 6),
                                  "epsilon_budget": f.epsilon_budget, "delta": f.delta,
                                  "updates": m["updates"], "last_update": m.get("last_update"),
                                  "too_large": m["too_large"]}
