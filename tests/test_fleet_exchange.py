@@ -387,3 +387,52 @@ def test_docs_fleet_md_documents_every_fleet_toml_key_with_its_default_and_range
             expected = RANGES.get(cls.__name__, {}).get(f.name)
             assert rng == (expected.text() if expected else "—"), (table, f.name, rng)
     assert rows == {}
+
+
+def test_a_standby_aggregator_follows_the_leader_and_takes_over_when_it_goes_offline(
+        fitted, keys, tmp_path):
+    agent, _, _, _ = fitted
+    summary = own_summary(agent)
+    clock = Clock()
+    pair = []
+    for me, peer in (("fleet-agg-1", "fleet-agg-2"), ("fleet-agg-2", "fleet-agg-1")):
+        text = FLEET_TOML.format(state=tmp_path / me, key=keys["key_path"]).replace(
+            'id = "fleet-agg-1"', f'id = "{me}"\npeers = ["{peer}"]')
+        pair.append(Aggregator(parse_fleet_config(text), clock=clock))
+    leader, standby = pair
+    try:
+        online = json.dumps({"agent": "fleet-agg-1", "status": "online"}).encode()
+        standby.handle(("peer", T.agent_status("fleet-agg-1"), online))
+        assert leader.leader and not standby.leader
+        # the shared subscription splits the updates; the member board gives both all of them
+        for i in range(3):
+            topic, payload = update(summary, f"gw-{i}", f"m{i}", clock.t)
+            (leader if i % 2 else standby).handle(("update", topic, payload))
+        for agg in pair:
+            for board_topic, doc in list(agg.publisher._statuses._docs.items()):
+                if "/members/" in board_topic:
+                    for other in pair:
+                        other.handle(("board", board_topic, doc.payload))
+        assert set(leader.members[CLASS]) == set(standby.members[CLASS]) == {
+            "gw-0/m0", "gw-1/m1", "gw-2/m2"}
+        standby.tick()
+        assert standby.rollouts == {}  # the standby publishes nothing
+        leader.tick()
+        clock.t += 50
+        leader.tick()  # version 1 promoted by the leader
+        docs = {t.rsplit("/", 1)[1]: d.payload for t, d in leader.publisher._statuses._docs.items()
+                if t.startswith(T.fleet_root(CLASS)) and "/members/" not in t}
+        for name in ("prior", "candidate", "rollout"):
+            standby.handle((name, T.fleet_doc(CLASS, name), docs[name]))
+        assert standby.rollouts[CLASS].stable == 1 and 1 in standby.priors[CLASS]
+        # the leader's Last Will: the standby leads, and its next version is 2, never 1 again
+        offline = json.dumps({"agent": "fleet-agg-1", "status": "offline"}).encode()
+        standby.handle(("peer", T.agent_status("fleet-agg-1"), offline))
+        assert standby.leader
+        clock.t += 200
+        standby.handle(("update",) + update(summary, "gw-1", "m1", clock.t))
+        standby.tick()
+        assert standby.rollouts[CLASS].candidate == 2 and standby.rollouts[CLASS].seq == 3
+    finally:
+        for agg in pair:
+            agg.outbox.close()
