@@ -283,3 +283,18 @@ def test_a_member_unlike_every_other_is_set_aside_but_never_a_majority():
     split = [member("a", 0.1), member("b", 0.1), member("c", 1.0), member("d", 1.0)]
     assert aggregate(split, class_name="pump-a", version=1, created_s=0.0).provenance[
         "excluded"] == []
+
+
+def test_without_the_fleet_extra_the_commands_say_what_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys\nsys.modules['cryptography'] = None  # as if not installed\n"
+            "from edge_agent.cli import main\nsys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "fleet", "keygen", str(tmp_path)],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pip install 'edge-agent[fleet]'" in result.stderr
+    assert not (tmp_path / "fleet.key").exists()

@@ -179,10 +179,14 @@ def _average_weights(summaries, names, clip):
     weights have the shapes of the first one's (the same features, the same network)."""
     out, used = {}, set()
     channels = sorted({c for s in summaries for c in (s.ae_weights or {})})
+    def inputs(s, channel):  # the network's inputs, in order: weights are positional
+        return [n for n in s.feature_names if not channel or n.startswith(channel + "/")]
+
     for channel in channels:
-        n = sum(1 for name in names if name.startswith(channel + "/")) if channel else len(names)
+        wanted = [n for n in names if not channel or n.startswith(channel + "/")]
         usable = [s for s in summaries if channel in (s.ae_weights or {})
-                  and np.shape(s.ae_weights[channel][0])[0] == n]
+                  and inputs(s, channel) == wanted
+                  and np.shape(s.ae_weights[channel][0])[0] == len(wanted)]
         if not usable:
             continue
         shapes = [np.shape(w) for w in usable[0].ae_weights[channel]]

@@ -21,12 +21,14 @@ def member_from_records(records: Iterable, *, class_name: str, config: DetectorC
     """The summary of the machine of ``records`` (``(index, FeatureRecord)`` pairs of one
     machine), once every channel seen has fitted its baseline; reading stops there."""
     pipeline = Pipeline(config)
+    done_at = None  # the window at which every channel seen had fitted its baseline
     for index, record in records:
+        if done_at is not None and index > done_at:
+            break  # every channel of that window has been seen: nothing more to learn
         pipeline.process(record, index)
-        detectors = pipeline.detectors
-        if detectors and all(any(m.fitted for m in d.models.values())
-                             for d in detectors.values()) and index > 2 * len(detectors):
-            break
+        if done_at is None and all(any(m.fitted for m in d.models.values())
+                                   for d in pipeline.detectors.values()):
+            done_at = index
     machines = {m for m, _ in pipeline.detectors}
     if len(machines) > 1:
         raise UsageError(f"{source} holds several machines ({', '.join(sorted(machines))}): "

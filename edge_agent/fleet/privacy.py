@@ -4,9 +4,11 @@ The unit protected is **one window of operation**. A member's summary is treated
 as the mean, over its ``n`` baseline windows, of each window's standardised
 contribution clipped to ``clip`` baseline scales (L2 norm over the features) for
 the level, and to ``clip`` scales per feature for the absolute deviation behind
-the scale. Replacing one window then moves either statistic by at most
-``clip / n`` scales, and :func:`privatise` adds Gaussian noise of standard
-deviation ``noise_multiplier * clip / n`` scales to each: two Gaussian
+the scale. Adding or removing one window then moves either sum by at most
+``clip`` scales, so either mean by about ``clip / n`` (replacing one: twice
+that), and :func:`privatise` adds Gaussian noise of standard deviation
+``noise_multiplier * clip / n`` scales to each, calibrated, as DP-SGD is, to
+the add/remove-one-window neighbourhood with the window count public: two Gaussian
 mechanisms of noise multiplier ``noise_multiplier`` per release, whose
 cumulative (ε, δ) over all releases the :class:`PrivacyAccountant` tracks with
 Google's ``dp-accounting`` (Rényi DP).

@@ -35,7 +35,7 @@ from edge_agent.models.baseline import Baseline
 from edge_agent.models.calibration import TailCalibrator
 from edge_agent.models.collection import BaselineCollection
 from edge_agent.models.hst import FrozenHalfSpaceTrees
-from edge_agent.models.prior_monitor import PriorMonitor
+from edge_agent.models.prior_monitor import PriorMonitor, attach
 from edge_agent.models.regime import SpeedRegimes
 from edge_agent.models.selection import select_features
 from edge_agent.models.threshold import AdaptiveThreshold
@@ -99,6 +99,13 @@ def _level(features: dict) -> float | None:
 
 class RegimeModel:
     """Baseline and learners of one operating regime of one channel."""
+
+    # Class-level defaults: a checkpoint written before fleet priors existed unpickles
+    # without these attributes and reads them from here (no prior, accepted baseline).
+    prior_monitor: PriorMonitor | None = None
+    accepted: bool | None = True
+    ae_init: list | None = None
+    fleet_differences: list | None = None  # why a held baseline differs from its fleet
 
     def __init__(self, names, directions, config: DetectorConfig):
         self.names, self.directions, self.config = names, directions, config
@@ -287,6 +294,8 @@ class ChannelDetector:
     0.3333333333333333
     """
 
+    prior = None  # class default, for checkpoints older than fleet priors (as RegimeModel)
+
     def __init__(self, config: DetectorConfig = DetectorConfig()):
         self.config = config
         self.prior = None  # this channel's fleet prior (see seed_from_prior)
@@ -303,12 +312,8 @@ class ChannelDetector:
                 self._attach(model)
 
     def _attach(self, model: "RegimeModel") -> None:
-        monitor = PriorMonitor(self.prior, model.names, model.directions, self.config)
-        model.prior_monitor = monitor if monitor.usable else None
-        weights = (self.prior.ae_weights or {}).get("")
-        model.ae_init = weights if weights is not None and \
-            [np.shape(w) for w in weights][0] == (len(model.names), max(2, len(model.names) // 3)) \
-            else None
+        model.prior_monitor, model.ae_init = attach(self.prior, model.names, model.directions,
+                                                    self.config)
 
     @staticmethod
     def _prior_or(model: "RegimeModel", x, verdict: Verdict) -> Verdict:

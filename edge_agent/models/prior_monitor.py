@@ -108,6 +108,11 @@ class PriorMonitor:
     def reference(self) -> tuple[dict, dict]:
         """The fleet's healthy medians and (log10) spreads of this channel's features, as
         alerts judge evidence against (the own baseline's ``reference`` and ``spread``)."""
+        if getattr(self, "_reference", None) is None:  # asked every window: built once
+            self._reference = self._build_reference()
+        return self._reference
+
+    def _build_reference(self) -> tuple[dict, dict]:
         ref = {n: float(10.0 ** c) if lg else float(c)
                for n, c, lg, k in zip(self.names, self.location_, self.log_, self.known_) if k}
         spread = {n: float(s) for n, s, lg, k in zip(self.names, self.scale_, self.log_,
@@ -137,3 +142,18 @@ class PriorMonitor:
         return Verdict("monitoring", progress, regime, score, self.threshold_,
                        self.alarm_threshold_, learned, {"prior": score}, contributions,
                        magnitude, self.config.prior_change_ratio, basis="prior")
+
+
+def attach(prior: FleetPrior, names, directions, config):
+    """``(monitor, ae_init)`` of a regime with features ``names`` under ``prior``: the
+    monitor (None when the prior covers none of its fleet features) and the fleet's
+    autoencoder weights when they fit the regime's network (None otherwise)."""
+    monitor = PriorMonitor(prior, names, directions, config)
+    weights = (prior.ae_weights or {}).get("")
+    shape = (len(names), max(2, len(names) // 3))  # IncrementalAutoencoder's default width
+    idx = prior.index(names)
+    if weights is None or np.shape(weights[0]) != shape or len(prior.feature_names) != \
+            len(names) or (idx < 0).any():
+        return (monitor if monitor.usable else None), None
+    W1, b1, W2, b2 = weights  # the network's inputs and outputs in this regime's order
+    return (monitor if monitor.usable else None), [W1[idx], b1, W2[:, idx], b2[idx]]

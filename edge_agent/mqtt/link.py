@@ -212,7 +212,8 @@ def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:
             windows=agent.indices.get((machine, channel)),
             sensor_health=sensor["sensor_health"], rejected=sensor["rejected"],
             baseline=baselines.get(channel, {}).get(view.get("regime", "any")),
-            baseline_held=bool(view.get("baseline_held")))
+            baseline_held=bool(view.get("baseline_held")), basis=view.get("basis"),
+            fleet_held=agent.pipeline.held_baselines.get((machine, channel)))
     return machine_status_doc(agent.config.id, machine, channels,
                               outbox_depth=outbox_depth,
                               model_version=agent_version(agent, machine),

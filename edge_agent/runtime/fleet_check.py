@@ -55,7 +55,7 @@ def check_baseline(pipeline, machine: str, channel: str, model, record, generati
         return None
     model.accepted = False
     texts = [e["text"].replace("baseline", "fleet") for e in differences[:3]]
-    pipeline.held_baselines[(machine, channel)] = texts
+    model.fleet_differences = texts
     log.warning("baseline differs from its fleet: held until an operator confirms it", extra={
         "event": "fleet_baseline_held", "machine": machine, "channel": channel,
         "differences": texts, "prior_version": model.prior_monitor.version})

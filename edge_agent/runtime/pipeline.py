@@ -48,8 +48,6 @@ class Pipeline:
         self._behind: dict[tuple[str, str], int] = {}  # windows in a row before last_start_s
         self.priors: dict[str, object] = {}  # machine -> its class's verified FleetPrior
         self.default_prior = None  # the prior of machines not in `priors` (offline replay)
-        #: (machine, channel) -> why its baseline differs from its fleet (held, see fleet_check)
-        self.held_baselines: dict[tuple[str, str], list[str]] = {}
 
     def apply_prior(self, machine: str, prior) -> None:
         """Use a *verified* fleet prior for ``machine`` (edge_agent.fleet.document.verify_prior):
@@ -61,6 +59,15 @@ class Pipeline:
                 if part is not None:
                     det.seed_from_prior(part)
 
+    @property
+    def held_baselines(self) -> dict[tuple[str, str], list[str]]:
+        """``(machine, channel) -> why its baseline differs from its fleet`` for the baselines
+        held until an operator confirms them (see runtime.fleet_check); kept in the models,
+        so a restart from a checkpoint keeps them held."""
+        return {key: list(model.fleet_differences or ())
+                for key, det in self.detectors.items() for model in det.models.values()
+                if model.fitted and model.accepted is False}
+
     def confirm_baseline(self, machine: str) -> int:
         """An operator confirms the baselines of ``machine`` that differ from its fleet:
         they are its normal from now on. Returns how many channels were held."""
@@ -68,10 +75,9 @@ class Pipeline:
         for (m, channel), det in self.detectors.items():
             for model in det.models.values() if m == machine else ():
                 if model.fitted and model.accepted is False:
-                    model.accepted = True
+                    model.accepted, model.fleet_differences = True, None
                     confirmed += 1
             if m == machine:
-                self.held_baselines.pop((m, channel), None)
                 if machine in self.alerters:
                     self.alerter(machine).channel_state(channel).fleet_held = False
         if confirmed:

@@ -102,11 +102,14 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
                    alarm_threshold: float | None = None, regime: str | None = None,
                    last_window_s: float | None = None, windows: int | None = None,
                    sensor_health: str = "no_data", rejected: Mapping[str, int] | None = None,
-                   baseline: Mapping | None = None, baseline_held: bool = False) -> dict:
+                   baseline: Mapping | None = None, baseline_held: bool = False,
+                   basis: str | None = None, fleet_held: list[str] | None = None) -> dict:
     """One entry of a machine status's ``channels`` (see the schema for each field).
 
     ``baseline`` is what the current regime's baseline covered
-    (:meth:`edge_agent.models.detector.RegimeModel.baseline_coverage`).
+    (:meth:`edge_agent.models.detector.RegimeModel.baseline_coverage`); ``basis`` what the
+    latest window was judged against with a fleet prior, ``fleet_held`` why its baseline
+    differs from its fleet while an operator has not confirmed it.
     """
     from edge_agent.frame import iso_time
 
@@ -121,6 +124,10 @@ def channel_status(*, phase: str | None, state: str, baseline_progress: float,
         entry["windows"] = int(windows)
     if baseline_held:
         entry["baseline_held"] = True
+    if basis is not None:
+        entry["basis"] = basis
+    if fleet_held:
+        entry["fleet_held"] = [str(t) for t in fleet_held][:8]
     if baseline is not None and baseline.get("from_s") is not None:
         entry["baseline"] = {"from": iso_time(baseline["from_s"]), "to": iso_time(baseline["to_s"]),
                              "windows": int(baseline["windows"]),
