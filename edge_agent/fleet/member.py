@@ -125,10 +125,14 @@ class FleetMember:
 
     # -- sharing (processing thread) -------------------------------------------------------
     def tick(self) -> None:
+        """Share what is due, within the learning CPU budget: when model updates would wait
+        (``Agent.may_train``), so does sharing, and its time counts against that budget."""
         now = self.clock()
         for machine in sorted(self.classes):
-            if self._due(machine, now):
+            if self._due(machine, now) and self.agent.may_train(True):
+                started = time.perf_counter()
                 self.share(machine, now)
+                self.agent._recent_training_s(time.perf_counter() - started)
 
     def fitted(self, machine: str) -> bool:
         """Every channel of ``machine`` heard so far has a fitted baseline."""
