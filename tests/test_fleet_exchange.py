@@ -208,7 +208,8 @@ def rollout_at(stage_changes, key):
     return docs
 
 
-def test_the_signed_rollout_decides_who_uses_what_and_only_it_moves_a_version_back(fitted, keys):
+def test_the_signed_rollout_decides_who_uses_what_and_only_it_moves_a_version_back(fitted, keys,
+                                                                                 tmp_path):
     agent, link, member, clock = fitted
     members = [f"gw-1/{MACHINE}", f"gw-1/{OTHER}"]
     promoted1, trial2, promoted2, trial3, rolled_back = rollout_at([
@@ -227,6 +228,7 @@ def test_the_signed_rollout_decides_who_uses_what_and_only_it_moves_a_version_ba
     send(member, T.fleet_doc(CLASS, "rollout"), promoted2)
     send(member, T.fleet_doc(CLASS, "rollout"), trial3)
     assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 3, OTHER: 2}
+    send(member, T.fleet_doc(CLASS, "rollout"), trial3)  # the same again (a reconnect)
     send(member, T.fleet_doc(CLASS, "rollout"), trial2)  # an old rollout replayed
     assert member.status()["refused"] == {"old_version": 1}
     forged = {**rolled_back, "stable": 3}  # a rollout that the aggregator did not sign
@@ -235,6 +237,17 @@ def test_the_signed_rollout_decides_who_uses_what_and_only_it_moves_a_version_ba
     send(member, T.fleet_doc(CLASS, "rollout"), rolled_back)  # 3 dropped, back to 1
     assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 1, OTHER: 1}
     assert member.status()["classes"][CLASS]["stage"] == "rolled_back"
+    # after a restart the retained documents come again: the same versions, no refusal
+    link.close(drain_s=0)
+    agent, link, member, clock = member_for(tmp_path, keys)
+    try:
+        for v in (1, 2, 3):
+            send(member, T.fleet_doc(CLASS, "candidate"), signed_prior(agent, keys["key"], v))
+        send(member, T.fleet_doc(CLASS, "rollout"), rolled_back)
+        assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 1, OTHER: 1}
+        assert member.status()["refused"] == {}
+    finally:
+        link.close(drain_s=0)
 
 
 # -- the aggregator -----------------------------------------------------------------------------

@@ -217,8 +217,10 @@ class FleetMember:
             if self.trust is None:
                 raise PriorRefused("signature", "no [fleet] trust_key: no prior can be trusted")
             if ref.kind == "fleet_rollout":
+                # the same document again (a reconnect, a restart) is no replay of an old one
+                seen = self.rollout_seq.get(cls)
                 self.rollouts[cls] = verify_rollout(doc, self.trust, class_name=cls,
-                                                    after_seq=self.rollout_seq.get(cls))
+                                                    after_seq=None if seen is None else seen - 1)
                 self.rollout_seq[cls] = doc["seq"]
             else:
                 prior = verify_prior(doc, self.trust, class_name=cls)
