@@ -449,3 +449,17 @@ def test_a_standby_aggregator_follows_the_leader_and_takes_over_when_it_goes_off
     finally:
         for agg in pair:
             agg.outbox.close()
+
+
+def test_fleet_aggregate_with_a_bad_configuration_or_key_exits_2_naming_it(tmp_path):
+    from tests.test_cli import edge_agent
+
+    path = tmp_path / "fleet.toml"
+    path.write_text(FLEET_TOML.format(state=tmp_path / "agg", key=tmp_path / "missing.key"))
+    result = edge_agent("fleet", "aggregate", "--config", str(path), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "missing.key" in result.stderr
+    path.write_text(path.read_text().replace("min_members = 3\n", "").replace(
+        "max_classes = 2", "max_classes = 0"))
+    result = edge_agent("fleet", "aggregate", "--config", str(path), check=False)
+    assert result.returncode == 2 and "aggregator.max_classes = 0 is out of range" in result.stderr
