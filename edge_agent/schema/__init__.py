@@ -12,6 +12,9 @@ The schemas (draft 2020-12) ship inside the package:
     ``edge-agent/fleet-prior/1``: a class's signed fleet prior (:mod:`edge_agent.fleet.document`).
 ``fleet-update``
     ``edge-agent/fleet-update/1``: one machine's baseline summary for its fleet.
+``fleet-rollout``
+    ``edge-agent/fleet-rollout/1``: where a class's staged rollout stands, signed
+    (:mod:`edge_agent.fleet.signed`).
 
 Every document carries ``"schema": "edge-agent/<name>/<major>"``; the schema's
 ``$id`` is ``https://edge-agent.invalid/schema/<name>/<major>``. Field meanings
