@@ -224,7 +224,10 @@ class FleetMember:
                 self.rollout_seq[cls] = doc["seq"]
             else:
                 prior = verify_prior(doc, self.trust, class_name=cls)
-                if ref.kind == "fleet_prior" and prior.version < self.published.get(cls, 0):
+                # with a rollout document the rollout decides (a rollback republishes an older
+                # version); without one, an older prior is a replay
+                if ref.kind == "fleet_prior" and cls not in self.rollouts \
+                        and prior.version < self.published.get(cls, 0):
                     raise PriorRefused("old_version", f"version {prior.version} is older than "
                                        f"{self.published[cls]} (a replay)")
                 versions = self.priors.setdefault(cls, {})
@@ -235,9 +238,9 @@ class FleetMember:
                     del versions[v]
         except PriorRefused as exc:
             return self._refuse(exc.reason, topic, exc.detail)
-        self.reconcile(cls, fresh_rollout=ref.kind == "fleet_rollout")
+        self.reconcile(cls)
 
-    def reconcile(self, cls: str, *, fresh_rollout: bool = False) -> None:
+    def reconcile(self, cls: str) -> None:
         """Apply to each machine of ``cls`` the version it should use, when it is here."""
         rollout, versions = self.rollouts.get(cls), self.priors.get(cls, {})
         agent_id = self.agent.config.id
@@ -252,8 +255,8 @@ class FleetMember:
                 target, role = self.published.get(cls), "stable"
             if target is None or target not in versions or m["applied"] == target:
                 continue
-            if m["version"] is not None and target < m["version"] and (
-                    rollout is None or not fresh_rollout):
+            # the signed rollout (its seq only grows) may take a version back; nothing else
+            if m["version"] is not None and target < m["version"] and rollout is None:
                 self._refuse("old_version", self.link.topics.fleet_prior(cls),
                              f"{machine} uses version {m['version']}, not {target}")
                 continue
