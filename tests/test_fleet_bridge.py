@@ -236,7 +236,7 @@ aggregate_every_s = 15.0
 
 [rollout]
 canaries = ["gw-a/femto-bearing1_1"]
-promote_after_s = 3.0
+promote_after_s = 1.5
 
 [mqtt]
 host = "localhost"
