@@ -7,7 +7,9 @@ live frames; the aggregator (``edge-agent fleet aggregate``, a process) builds, 
 rolls out the prior (canary first, then promoted), it crosses the bridge back and is
 applied; a fourth machine is then monitored from its first windows. During a 30-s cut of
 the link the agents go on publishing updates: every update id an agent queued reaches the
-aggregator once the link is back.
+aggregator once the link is back, none while it is down. The updates since make version 2,
+rolled out the same way; an operator's ``cmd/fleet-rollback`` on the plant broker takes every
+machine back to version 1.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.mqtt.client import make_client
 from edge_agent.runtime.config import MqttSettings
 from tests.broker import PREFIX, SITE, Broker, ShippedBroker
 from tests.conftest import REPO, shared
@@ -94,6 +97,10 @@ class Relay:
                 pass
 
     def cut(self):
+        try:  # wakes the accept() blocked on it: a closed socket alone keeps listening
+            self._server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._server.close()
         with self._lock:
             conns, self._conns = self._conns, []
@@ -225,11 +232,11 @@ id = "fleet-agg-1"
 state_dir = "{state}"
 key = "{key}"
 min_members = 3
-aggregate_every_s = 1e9
+aggregate_every_s = 15.0
 
 [rollout]
 canaries = ["gw-a/femto-bearing1_1"]
-promote_after_s = 3.0
+promote_after_s = 1.5
 
 [mqtt]
 host = "localhost"
@@ -342,9 +349,37 @@ def test_a_prior_crosses_the_bridge_is_used_and_a_30_s_cut_loses_no_update(tmp_p
                                         "received": len(received(aggregator))})
         assert len(queued_in_cut) >= 3 * 5  # each agent kept publishing through the cut
         # ... and the cut was one: nothing reached the aggregator while it lasted
-        assert not [d for d in aggregator.events("fleet_update")
+        assert not [(d["via"], d["update_id"], d["ts"], cut_at)
+                    for d in aggregator.events("fleet_update")
                     if cut_at + 2.0 < _ts(d) < cut_at + CUT_S]
         assert not aggregator.events("fleet_update_refused")
+        bridge_log = gateway.log()
+        assert bridge_log.count("Connecting bridge (step 2) plant") >= 2, bridge_log[-3000:]
+
+        # the updates since version 1 made version 2; an operator's cmd/fleet-rollback on the
+        # plant broker takes every machine back to version 1, through the bridge
+        aggregator.wait_event("fleet_rollout", 60,
+                              where=lambda d: d["stage"] == "promoted" and d["stable"] == 2)
+        for (agent, machine), p in zip(AGENTS.items(), agents.values()):
+            p.wait_event("fleet_prior_applied", 60,
+                         where=lambda d, m=machine: d["machine"] == m and d["version"] == 2)
+        operator = make_client(MqttSettings(host="localhost", port=plant.tls_port,
+                                            username="operator",
+                                            password=PLANT_USERS["operator"],
+                                            tls_ca=str(plant.certs["ca"])), "ops-rollback")
+        operator.connect("localhost", plant.tls_port)
+        operator.loop_start()
+        operator.publish(f"{PREFIX}/{SITE}/fleet/{CLASS}/cmd/fleet-rollback", b"{}",
+                         qos=1).wait_for_publish(30)
+        operator.disconnect()
+        operator.loop_stop()
+        back = aggregator.wait_event("fleet_rollout", 30,
+                                     where=lambda d: d["stage"] == "rolled_back")
+        assert (back["stable"], back["candidate"]) == (1, None)
+        for (agent, machine), p in zip(AGENTS.items(), agents.values()):
+            p.wait_event("fleet_prior_applied", 30, where=lambda d, m=machine: (
+                d["machine"] == m and d["version"] == 1 and d["stage"] == "rolled_back"))
+        assert [d for p in agents.values() for d in p.events("fleet_refused")] == []
         sensor.close()
     finally:
         for p in procs:

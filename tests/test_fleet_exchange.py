@@ -218,7 +218,8 @@ def rollout_at(stage_changes, key):
     return docs
 
 
-def test_the_signed_rollout_decides_who_uses_what_and_only_it_moves_a_version_back(fitted, keys):
+def test_the_signed_rollout_decides_who_uses_what_and_only_it_moves_a_version_back(fitted, keys,
+                                                                                 tmp_path):
     agent, link, member, clock = fitted
     members = [f"gw-1/{MACHINE}", f"gw-1/{OTHER}"]
     promoted1, trial2, promoted2, trial3, rolled_back = rollout_at([
@@ -237,6 +238,7 @@ def test_the_signed_rollout_decides_who_uses_what_and_only_it_moves_a_version_ba
     send(member, T.fleet_doc(CLASS, "rollout"), promoted2)
     send(member, T.fleet_doc(CLASS, "rollout"), trial3)
     assert {m: p.version for m, p in agent.pipeline.priors.items()} == {MACHINE: 3, OTHER: 2}
+    send(member, T.fleet_doc(CLASS, "rollout"), trial3)  # the same again (a reconnect)
     send(member, T.fleet_doc(CLASS, "rollout"), trial2)  # an old rollout replayed
     assert member.status()["refused"] == {"old_version": 1}
     forged = {**rolled_back, "stable": 3}  # a rollout that the aggregator did not sign
@@ -409,3 +411,90 @@ def test_the_example_fleet_toml_parses_and_errors_name_the_key(tmp_path):
         text = base.replace("canaries = [\"gw-0/m0\"]\n", "") if "canaries" in line else base
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_fleet_config(text.replace(table + "\n", f"{table}\n{line}\n"))
+
+
+def test_docs_fleet_md_documents_every_fleet_toml_key_with_its_default_and_range():
+    import dataclasses
+    import re
+
+    from edge_agent.fleet.aggregator_config import AggregatorConfig
+    from edge_agent.runtime.ranges import RANGES
+
+    text = (REPO / "docs" / "fleet.md").read_text().split("### fleet.toml", 1)[1]
+    rows = {m[0]: (m[1].strip(), m[2].strip())
+            for m in re.findall(r"^\| `([a-z_.]+)` \| ([^|]*) \| ([^|]*) \|", text, re.M)}
+    example = (REPO / "deploy" / "fleet" / "fleet.example.toml").read_text()
+    for table, cls in (("aggregator", AggregatorConfig), ("rollout", RolloutPolicy)):
+        for f in dataclasses.fields(cls):
+            default, rng = rows.pop(f"{table}.{f.name}")
+            assert re.search(rf"^{f.name} = ", example, re.M), f"example lacks {table}.{f.name}"
+            if f.default is not dataclasses.MISSING:
+                shown = (str(list(f.default)) if isinstance(f.default, tuple)
+                         else f'"{f.default}"' if isinstance(f.default, str) else str(f.default))
+                assert default == f"`{shown}`", (table, f.name, default)
+            expected = RANGES.get(cls.__name__, {}).get(f.name)
+            assert rng == (expected.text() if expected else "—"), (table, f.name, rng)
+    assert rows == {}
+
+
+def test_a_standby_aggregator_follows_the_leader_and_takes_over_when_it_goes_offline(
+        fitted, keys, tmp_path):
+    agent, _, _, _ = fitted
+    summary = own_summary(agent)
+    clock = Clock()
+    pair = []
+    for me, peer in (("fleet-agg-1", "fleet-agg-2"), ("fleet-agg-2", "fleet-agg-1")):
+        text = FLEET_TOML.format(state=tmp_path / me, key=keys["key_path"]).replace(
+            'id = "fleet-agg-1"', f'id = "{me}"\npeers = ["{peer}"]')
+        pair.append(Aggregator(parse_fleet_config(text), clock=clock))
+    leader, standby = pair
+    try:
+        online = json.dumps({"agent": "fleet-agg-1", "status": "online"}).encode()
+        standby.handle(("peer", T.agent_status("fleet-agg-1"), online))
+        assert leader.leader and not standby.leader
+        # the shared subscription splits the updates; the member board gives both all of them
+        for i in range(3):
+            topic, payload = update(summary, f"gw-{i}", f"m{i}", clock.t)
+            (leader if i % 2 else standby).handle(("update", topic, payload))
+        for agg in pair:
+            for board_topic, doc in list(agg.publisher._statuses._docs.items()):
+                if "/members/" in board_topic:
+                    for other in pair:
+                        other.handle(("board", board_topic, doc.payload))
+        assert set(leader.members[CLASS]) == set(standby.members[CLASS]) == {
+            "gw-0/m0", "gw-1/m1", "gw-2/m2"}
+        standby.tick()
+        assert standby.rollouts == {}  # the standby publishes nothing
+        leader.tick()
+        clock.t += 50
+        leader.tick()  # version 1 promoted by the leader
+        docs = {t.rsplit("/", 1)[1]: d.payload for t, d in leader.publisher._statuses._docs.items()
+                if t.startswith(T.fleet_root(CLASS)) and "/members/" not in t}
+        for name in ("prior", "candidate", "rollout"):
+            standby.handle((name, T.fleet_doc(CLASS, name), docs[name]))
+        assert standby.rollouts[CLASS].stable == 1 and 1 in standby.priors[CLASS]
+        # the leader's Last Will: the standby leads, and its next version is 2, never 1 again
+        offline = json.dumps({"agent": "fleet-agg-1", "status": "offline"}).encode()
+        standby.handle(("peer", T.agent_status("fleet-agg-1"), offline))
+        assert standby.leader
+        clock.t += 200
+        standby.handle(("update",) + update(summary, "gw-1", "m1", clock.t))
+        standby.tick()
+        assert standby.rollouts[CLASS].candidate == 2 and standby.rollouts[CLASS].seq == 3
+    finally:
+        for agg in pair:
+            agg.outbox.close()
+
+
+def test_fleet_aggregate_with_a_bad_configuration_or_key_exits_2_naming_it(tmp_path):
+    from tests.test_cli import edge_agent
+
+    path = tmp_path / "fleet.toml"
+    path.write_text(FLEET_TOML.format(state=tmp_path / "agg", key=tmp_path / "missing.key"))
+    result = edge_agent("fleet", "aggregate", "--config", str(path), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "missing.key" in result.stderr
+    path.write_text(path.read_text().replace("min_members = 3\n", "").replace(
+        "max_classes = 2", "max_classes = 0"))
+    result = edge_agent("fleet", "aggregate", "--config", str(path), check=False)
+    assert result.returncode == 2 and "aggregator.max_classes = 0 is out of range" in result.stderr

@@ -40,6 +40,7 @@ RUN_BY = {
                              "test_feedback_round_trips_through_the_shipped_broker"],
     r"edge-agent report": ["tests/test_report.py::test_report_of_a_replay"],
     r"edge-agent fleet( keygen| prior|$)|edge-agent replay .*--prior": ["tests/test_fleet_prior.py::test_keygen_prior_and_replay_with_a_prior_on_real_recordings"],
+    r"edge-agent fleet aggregate": ["tests/test_fleet_bridge.py::test_a_prior_crosses_the_bridge_is_used_and_a_30_s_cut_loses_no_update"],
     r"python benchmarks/fleet\.py": ["tests/test_fleet_prior.py::test_leave_one_out_monitored_at_once_damaged_alerted_and_poison_changes_nothing"],
     r"edge-agent --version": ["tests/test_cli.py::test_version_and_help_on_every_command"],
     r"mosquitto_sub -h localhost": ["tests/test_agent.py::test_the_local_try_it_config_against_a_stock_mosquitto"],

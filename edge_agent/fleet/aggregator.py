@@ -88,9 +88,10 @@ class Aggregator:
         for peer in a.peers:
             sub(self.topics.agent_status(peer), lambda t, p: self._put(("peer", t, p)),
                 retained=True)
-        if a.peers:
-            sub(f"{self.topics.prefix}/{self.topics.site}/fleet/+/rollout",
-                lambda t, p: self._put(("rollout", t, p)), retained=True)
+        if a.peers:  # the standby follows the leader's retained documents
+            for name in ("rollout", "prior", "candidate"):
+                sub(f"{self.topics.prefix}/{self.topics.site}/fleet/+/{name}",
+                    lambda t, p, n=name: self._put((n, t, p)), retained=True)
 
     # -- input (paho's thread: queue only) ---------------------------------------------------
     def _put(self, item) -> None:
@@ -125,6 +126,8 @@ class Aggregator:
                 pass
         elif kind == "rollout" and not self.leader:
             self._adopt(payload)
+        elif kind in ("prior", "candidate") and not self.leader:
+            self._keep(payload)
 
     def _refuse(self, reason: str, topic: str, detail: str) -> None:
         self.refused[reason] += 1
@@ -205,17 +208,35 @@ class Aggregator:
 
     def _adopt(self, payload: bytes) -> None:
         """The standby follows the leader's retained rollout: its versions, its history."""
+        from edge_agent.fleet.signed import verify_rollout
+
         try:
             doc = json.loads(payload)
             cls = doc["class"]
+            verify_rollout(doc, self.key.public_key(), class_name=cls)
             rollout = self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout))
             if doc["seq"] > rollout.seq:
                 rollout.seq, rollout.stage, rollout.reason = doc["seq"], doc["stage"], doc["reason"]
                 rollout.stable, rollout.candidate = doc["stable"], doc["candidate"]
+                rollout.previous = list(doc.get("previous", []))
+                rollout.canaries = tuple(doc["canaries"])
                 rollout.highest = max(rollout.highest, *(v or 0 for v in
                                                          (doc["stable"], doc["candidate"])))
-        except (ValueError, KeyError, TypeError):
+                # a trial the leader left unfinished starts over (its start is not published)
+                rollout.started_s = self.clock() if rollout.stage == "canary" else None
+        except (ValueError, KeyError, TypeError, PriorRefused):
             pass
+
+    def _keep(self, payload: bytes) -> None:
+        """The standby keeps the leader's signed versions (checked with the fleet key)."""
+        from edge_agent.fleet.document import verify_prior
+
+        try:
+            doc = json.loads(payload)
+            prior = verify_prior(doc, self.key.public_key(), class_name=doc.get("class"))
+        except (ValueError, TypeError, AttributeError, PriorRefused):
+            return
+        self.priors.setdefault(prior.class_name, {})[prior.version] = doc
 
     # -- building and publishing -------------------------------------------------------------
     def tick(self) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.fleet.aggregate import METHODS
 from edge_agent.fleet.rollout import RolloutPolicy
-from edge_agent.runtime.config import NAME, MqttSettings
+from edge_agent.runtime.config import ENV_SECRETS, NAME, MqttSettings
 from edge_agent.runtime.ranges import check
 from edge_agent.runtime.toml_build import ConfigError, build
 
@@ -60,7 +61,9 @@ class FleetFile:
     source: Path | None = None
 
 
-def parse_fleet_config(text: str, source: Path | None = None) -> FleetFile:
+def parse_fleet_config(text: str, source: Path | None = None, environ=os.environ) -> FleetFile:
+    """A :class:`FleetFile` from TOML text; ``EDGE_AGENT_MQTT_*`` override ``[mqtt]`` as for
+    the agent (``EDGE_AGENT_MQTT_PASSWORD_FILE`` in compose)."""
     where = str(source) if source else "fleet.toml"
     try:
         try:
@@ -79,6 +82,11 @@ def parse_fleet_config(text: str, source: Path | None = None) -> FleetFile:
                               "private key from `edge-agent fleet keygen`)")
         mqtt = dict(doc.get("mqtt", {}))
         mqtt.setdefault("status_max_bytes", DOC_MAX_BYTES)
+        for env, key in ENV_SECRETS.items():
+            if environ.get(env):
+                mqtt[key] = environ[env]
+                other = {"password": "password_file", "password_file": "password"}.get(key)
+                mqtt.pop(other, None)
         config = FleetFile(aggregator=build(AggregatorConfig, doc["aggregator"], "aggregator"),
                            rollout=build(RolloutPolicy, doc.get("rollout", {}), "rollout"),
                            mqtt=build(MqttSettings, mqtt, "mqtt"),

@@ -82,11 +82,12 @@ class FleetMember:
                 "updates": saved.get("updates", 0), "too_large": saved.get("too_large", 0),
                 "version": saved.get("version"),  # the version it uses (forward only)
                 "role": None, "applied": None,  # applied in this process
-                # what was spent stays spent when the budget or delta is changed: the
-                # accountant keeps the releases, and epsilon is recomputed at the new delta
+                # what was spent stays spent when the budget or delta is changed
                 "accountant": PrivacyAccountant.from_state(
                     {**acc, "budget_epsilon": f.epsilon_budget, "delta": f.delta}) if acc
                 else PrivacyAccountant(f.epsilon_budget, f.delta)}
+        for m in self.machines.values():
+            self._account(m)
         self.rollout_seq: dict[str, int] = dict(state.get("rollout_seq", {}))
         self.rollouts: dict[str, dict] = {}
         self.priors: dict[str, dict[int, object]] = {}  # class -> version -> FleetPrior
@@ -98,6 +99,13 @@ class FleetMember:
         for cls in sorted(set(self.classes.values())):
             link.publisher.subscribe(topics.fleet_docs_filter(cls), self._on_message,
                                      retained=True)
+
+    def _account(self, m: dict) -> None:
+        """Cache the accountant's ε and whether the next release would pass the budget
+        (dp-accounting takes milliseconds: once per release, not per status)."""
+        acc = m["accountant"]
+        m["epsilon"] = acc.epsilon()
+        m["exhausted"] = acc.would_exceed(self.settings.noise_multiplier)
 
     # -- threads ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,10 +125,14 @@ class FleetMember:
 
     # -- sharing (processing thread) -------------------------------------------------------
     def tick(self) -> None:
+        """Share what is due, within the learning CPU budget: when model updates would wait
+        (``Agent.may_train``), so does sharing, and its time counts against that budget."""
         now = self.clock()
         for machine in sorted(self.classes):
-            if self._due(machine, now):
+            if self._due(machine, now) and self.agent.may_train(True):
+                started = time.perf_counter()
                 self.share(machine, now)
+                self.agent._recent_training_s(time.perf_counter() - started)
 
     def fitted(self, machine: str) -> bool:
         """Every channel of ``machine`` heard so far has a fitted baseline."""
@@ -133,7 +145,7 @@ class FleetMember:
         return (self.settings.share and self.fitted(machine)
                 and (m["last_publish_s"] is None
                      or now - m["last_publish_s"] >= self.settings.publish_every_s)
-                and not m["accountant"].would_exceed(self.settings.noise_multiplier))
+                and not m["exhausted"])
 
     def share(self, machine: str, now: float) -> str | None:
         """Build, privatise, account and queue one update of ``machine``; its id, or None."""
@@ -153,7 +165,8 @@ class FleetMember:
                            rng=self.rng)
         acc = m["accountant"]
         acc.spend(f.noise_multiplier, MECHANISMS_PER_RELEASE)
-        epsilon = acc.epsilon()
+        self._account(m)
+        epsilon = m["epsilon"]
         doc = update_to_doc(shared, agent=self.agent.config.id, created_s=now, privacy={
             "noise_multiplier": f.noise_multiplier, "clip": f.clip, "epsilon": epsilon,
             "delta": f.delta})
@@ -175,7 +188,7 @@ class FleetMember:
                 "event": "fleet_update_queued", "machine": machine, "class": cls,
                 "update_id": update_id, "bytes": len(payload), "epsilon": round(epsilon, 4),
                 "epsilon_budget": f.epsilon_budget})
-        if acc.would_exceed(f.noise_multiplier):
+        if m["exhausted"]:
             log.warning("privacy budget spent: this machine shares nothing more", extra={
                 "event": "fleet_budget_spent", "machine": machine, "epsilon": epsilon,
                 "epsilon_budget": f.epsilon_budget})
@@ -204,17 +217,17 @@ class FleetMember:
             if self.trust is None:
                 raise PriorRefused("signature", "no [fleet] trust_key: no prior can be trusted")
             if ref.kind == "fleet_rollout":
-                # after a restart the broker sends the retained rollout again, with the seq
-                # saved before: the same one is accepted once, an older one never
+                # the same document again (a reconnect, a restart) is no replay of an old one
                 seen = self.rollout_seq.get(cls)
-                if seen is not None and cls not in self.rollouts:
-                    seen -= 1
                 self.rollouts[cls] = verify_rollout(doc, self.trust, class_name=cls,
-                                                    after_seq=seen)
+                                                    after_seq=None if seen is None else seen - 1)
                 self.rollout_seq[cls] = doc["seq"]
             else:
                 prior = verify_prior(doc, self.trust, class_name=cls)
-                if ref.kind == "fleet_prior" and prior.version < self.published.get(cls, 0):
+                # with a rollout document the rollout decides (a rollback republishes an older
+                # version); without one, an older prior is a replay
+                if ref.kind == "fleet_prior" and cls not in self.rollouts \
+                        and prior.version < self.published.get(cls, 0):
                     raise PriorRefused("old_version", f"version {prior.version} is older than "
                                        f"{self.published[cls]} (a replay)")
                 versions = self.priors.setdefault(cls, {})
@@ -225,9 +238,9 @@ class FleetMember:
                     del versions[v]
         except PriorRefused as exc:
             return self._refuse(exc.reason, topic, exc.detail)
-        self.reconcile(cls, fresh_rollout=ref.kind == "fleet_rollout")
+        self.reconcile(cls)
 
-    def reconcile(self, cls: str, *, fresh_rollout: bool = False) -> None:
+    def reconcile(self, cls: str) -> None:
         """Apply to each machine of ``cls`` the version it should use, when it is here."""
         rollout, versions = self.rollouts.get(cls), self.priors.get(cls, {})
         agent_id = self.agent.config.id
@@ -242,8 +255,8 @@ class FleetMember:
                 target, role = self.published.get(cls), "stable"
             if target is None or target not in versions or m["applied"] == target:
                 continue
-            if m["version"] is not None and target < m["version"] and (
-                    rollout is None or not fresh_rollout):
+            # the signed rollout (its seq only grows) may take a version back; nothing else
+            if m["version"] is not None and target < m["version"] and rollout is None:
                 self._refuse("old_version", self.link.topics.fleet_prior(cls),
                              f"{machine} uses version {m['version']}, not {target}")
                 continue
@@ -261,13 +274,11 @@ class FleetMember:
         f = self.settings
         machines = {}
         for machine, m in sorted(self.machines.items()):
-            acc = m["accountant"]
-            sharing = ("off" if not f.share else "budget_spent"
-                       if acc.would_exceed(f.noise_multiplier) else
+            sharing = ("off" if not f.share else "budget_spent" if m["exhausted"] else
                        "on" if self.fitted(machine) else "waiting_baseline")
             machines[machine] = {"class": m["class"], "prior_version": m["applied"],
                                  "prior_role": m["role"], "sharing": sharing,
-                                 "epsilon": round(acc.epsilon(), 6),
+                                 "epsilon": round(m["epsilon"], 6),
                                  "epsilon_budget": f.epsilon_budget, "delta": f.delta,
                                  "updates": m["updates"], "last_update": m.get("last_update"),
                                  "too_large": m["too_large"]}

@@ -15,6 +15,9 @@ The schemas (draft 2020-12) ship inside the package:
 ``feedback``
     ``edge-agent/feedback/1``: an operator's label on an alert (``cmd/feedback``), which the
     agent receives.
+``fleet-rollout``
+    ``edge-agent/fleet-rollout/1``: where a class's staged rollout stands, signed
+    (:mod:`edge_agent.fleet.signed`).
 
 Every document carries ``"schema": "edge-agent/<name>/<major>"``; the schema's
 ``$id`` is ``https://edge-agent.invalid/schema/<name>/<major>``. Field meanings
