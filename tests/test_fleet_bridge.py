@@ -161,6 +161,9 @@ class LogProcess:
 # -- the shipped configurations, adapted to loopback ----------------------------------------
 def plant_acl() -> str:
     acl = (DEPLOY / "fleet" / "plant-acl").read_text()
+    own = "topic write acme/hamburg/fleet/+/updates/gw-hamburg-1/+"
+    assert own in acl  # the bridge may carry its own agents' updates only
+    acl = acl.replace(own, "\n".join(own.replace("gw-hamburg-1", a) for a in AGENTS))
     return acl.replace("gw-hamburg-1", "gw-site1").replace("acme", PREFIX).replace(
         "hamburg", SITE)
 
