@@ -44,12 +44,12 @@ FRAME_SAMPLES = 4800  # 0.1 s at 48 kHz
 
 
 # -- the agent as a process --------------------------------------------------------------------------
-class AgentProcess:
-    """``edge-agent run`` with its JSON log lines collected as they arrive."""
+class LogLines:
+    """An ``edge-agent`` command as a process, its JSON log lines collected as they arrive."""
 
-    def __init__(self, config: Path, *args: str, preexec_fn=None):
+    def __init__(self, *args: str, preexec_fn=None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(config), *args],
+            [sys.executable, "-m", "edge_agent", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
             preexec_fn=preexec_fn)
         self.pid = self.proc.pid
@@ -70,9 +70,16 @@ class AgentProcess:
         with self._cond:
             self._cond.notify_all()
 
-    def events(self, name: str) -> list[dict]:
+    def events(self, name: str, where=lambda d: True) -> list[dict]:
         with self._cond:
-            return [d for d in self.lines if d.get("event") == name]
+            return [d for d in self.lines if d.get("event") == name and where(d)]
+
+
+class AgentProcess(LogLines):
+    """``edge-agent run``."""
+
+    def __init__(self, config: Path, *args: str, preexec_fn=None):
+        super().__init__("run", "--config", str(config), *args, preexec_fn=preexec_fn)
 
     def wait_event(self, name: str, timeout_s: float = 60.0, where=lambda d: True) -> dict:
         deadline = time.monotonic() + timeout_s

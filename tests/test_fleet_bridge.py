@@ -15,10 +15,7 @@ machine back to version 1.
 from __future__ import annotations
 
 import itertools
-import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -30,7 +27,7 @@ from edge_agent.mqtt.client import make_client
 from edge_agent.runtime.config import MqttSettings
 from tests.broker import PREFIX, SITE, Broker, ShippedBroker
 from tests.conftest import REPO, shared
-from tests.test_faults import Sensor, Watcher
+from tests.test_faults import LogLines, Sensor, Watcher
 
 pytestmark = pytest.mark.slow
 
@@ -112,33 +109,8 @@ class Relay:
             s.close()
 
 
-class LogProcess:
+class LogProcess(LogLines):
     """An ``edge-agent`` command whose JSON log lines are collected as they arrive."""
-
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, cwd=REPO)
-        self.lines: list[dict] = []
-        self.raw: list[str] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self._cond:
-                self.raw.append(line)
-                try:
-                    self.lines.append(json.loads(line))
-                except ValueError:
-                    pass
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def events(self, name: str, where=lambda d: True) -> list[dict]:
-        with self._cond:
-            return [d for d in self.lines if d.get("event") == name and where(d)]
 
     def wait(self, predicate, timeout_s: float, what: str):
         with self._cond:

@@ -18,6 +18,8 @@ import sys
 import threading
 import uuid
 
+from edge_agent.mqtt.operator import add_connection_arguments
+
 LABELS = ("false_alarm", "confirmed", "maintenance_done")
 
 
@@ -42,14 +44,7 @@ def add_feedback_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="plant", help="topic prefix (default 'plant')")
     p.add_argument("--note", help="a note for the record (at most 500 characters)")
     p.add_argument("--user", help="who labels it (default: --username)")
-    p.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
-    p.add_argument("--tls-ca", metavar="PATH", help="use TLS, trusting this CA file")
-    p.add_argument("--tls-cert", metavar="PATH", help="client certificate (PEM)")
-    p.add_argument("--tls-key", metavar="PATH", help="client key (PEM)")
-    p.add_argument("--username", metavar="U")
-    p.add_argument("--password-file", metavar="F",
-                   help="file whose first line is the password (never on the command line)")
-    p.add_argument("--mqtt", choices=("5", "3.1.1"), default="5", help="protocol (default 5)")
+    add_connection_arguments(p)
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="give up after S seconds without the acknowledgement (default 10)")
     p.set_defaults(func=feedback_command)

@@ -32,14 +32,7 @@ def add_alerts_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="plant", help="topic prefix (default 'plant')")
     p.add_argument("--site", help="only this site")
     p.add_argument("--area", help="only this area")
-    p.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
-    p.add_argument("--tls-ca", metavar="PATH", help="use TLS, trusting this CA file")
-    p.add_argument("--tls-cert", metavar="PATH", help="client certificate (PEM)")
-    p.add_argument("--tls-key", metavar="PATH", help="client key (PEM)")
-    p.add_argument("--username", metavar="U")
-    p.add_argument("--password-file", metavar="F",
-                   help="file whose first line is the password (never on the command line)")
-    p.add_argument("--mqtt", choices=("5", "3.1.1"), default="5", help="protocol (default 5)")
+    add_connection_arguments(p)
     p.add_argument("--session", metavar="CLIENT_ID",
                    help="keep a persistent session under this client id: alerts published "
                         "while this subscriber is away are delivered when it returns")
@@ -48,6 +41,18 @@ def add_alerts_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="S", help="exit after S seconds")
     p.set_defaults(func=alerts_command)
     return p
+
+
+def add_connection_arguments(p: argparse.ArgumentParser) -> None:
+    """TLS, credentials and protocol of an operator's command (``alerts``, ``feedback``)."""
+    p.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
+    p.add_argument("--tls-ca", metavar="PATH", help="use TLS, trusting this CA file")
+    p.add_argument("--tls-cert", metavar="PATH", help="client certificate (PEM)")
+    p.add_argument("--tls-key", metavar="PATH", help="client key (PEM)")
+    p.add_argument("--username", metavar="U")
+    p.add_argument("--password-file", metavar="F",
+                   help="file whose first line is the password (never on the command line)")
+    p.add_argument("--mqtt", choices=("5", "3.1.1"), default="5", help="protocol (default 5)")
 
 
 def _positive_int(text: str) -> int:
