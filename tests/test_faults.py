@@ -411,13 +411,12 @@ def test_sigterm_while_an_alert_waits_writes_no_checkpoint_and_the_restart_sends
     assert held["alert_id"] in expected
 
 
-def test_sigterm_while_a_live_alert_waits_hands_it_to_the_broker_and_logs_it(broker, tmp_path):
-    """Live frames are not kept, so no restart can raise a live alert the disk would not take:
-    at the stop it is published without the outbox and logged in full."""
+def live_alert_held(broker, tmp_path, filters, client_id):
+    """An agent that learned its baseline from live frames and whose first alert waits for a
+    disk that takes no write (a 1-byte file-size limit on the running agent): its config,
+    an operator's watcher of ``filters``, the sensor, the agent and the ``storage_full`` event."""
     config = write_config(tmp_path, broker.port)
-    expected, _ = reference(config, tmp_path, BASELINE, FAULT)
-    assert expected
-    watcher = Watcher(settings_for(broker, "operator"), [f"{PREFIX}/+/+/+/alerts"], "ops-live")
+    watcher = Watcher(settings_for(broker, "operator"), filters, client_id)
     sensor = Sensor(settings_for(broker, "sensor"))
     agent = AgentProcess(config)
     agent.wait_event("mqtt_subscribed")
@@ -427,6 +426,15 @@ def test_sigterm_while_a_live_alert_waits_hands_it_to_the_broker_and_logs_it(bro
     resource.prlimit(agent.pid, resource.RLIMIT_FSIZE, (1, hard))
     sensor.send(FAULT)
     held = agent.wait_event("storage_full", 90, where=lambda d: d.get("what") == "alert")
+    return config, watcher, sensor, agent, held
+
+
+def test_sigterm_while_a_live_alert_waits_hands_it_to_the_broker_and_logs_it(broker, tmp_path):
+    """Live frames are not kept, so no restart can raise a live alert the disk would not take:
+    at the stop it is published without the outbox and logged in full."""
+    config, watcher, sensor, agent, held = live_alert_held(
+        broker, tmp_path, [f"{PREFIX}/+/+/+/alerts"], "ops-live")
+    expected, _ = reference(config, tmp_path, BASELINE, FAULT)
     assert held["alert_id"] == expected[0] and not watcher.alert_ids()
     assert agent.stop() == 0
     stopped = agent.wait_event("stop_uncommitted")
@@ -721,18 +729,8 @@ def test_sigterm_counts_the_queued_live_frames_it_drops(broker, tmp_path):
     """Frames queued for processing at a stop are dropped and counted. To have a known number
     queued, the processing thread is held (an alert waits for a disk that takes no write)
     while the backlog arrives; a refused message sent after it marks that all of it is in."""
-    config = write_config(tmp_path, broker.port)
     status_topic = f"{PREFIX}/agents/{AGENT_ID}/status"
-    watcher = Watcher(settings_for(broker, "operator"), [status_topic], "ops-term")
-    sensor = Sensor(settings_for(broker, "sensor"))
-    agent = AgentProcess(config)
-    agent.wait_event("mqtt_subscribed")
-    sensor.send(BASELINE)
-    agent.wait_event("baseline_learned")
-    hard = resource.prlimit(agent.pid, resource.RLIMIT_FSIZE)[1]
-    resource.prlimit(agent.pid, resource.RLIMIT_FSIZE, (1, hard))
-    sensor.send(FAULT)
-    agent.wait_event("storage_full", 90, where=lambda d: d.get("what") == "alert")
+    _, watcher, sensor, agent, _ = live_alert_held(broker, tmp_path, [status_topic], "ops-term")
     backlog = frames("normal", 40, 300)  # after the fault's frames: none a duplicate
     sensor.send(backlog)
     sensor.client.publish(f"{PREFIX}/{SITE}/{AREA}/no-such-machine/de/raw", b"marker", qos=1)

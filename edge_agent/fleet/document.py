@@ -195,6 +195,28 @@ def sign_prior(prior: FleetPrior, private_key) -> dict:
     return doc
 
 
+def verify_signature(doc, public_key) -> dict:
+    """``doc`` (a prior, a rollout) if its signature is the fleet key's; :class:`PriorRefused`
+    (``format``, ``unsigned``, ``signature``) otherwise. Nothing in it is believed before."""
+    if not isinstance(doc, dict):
+        raise PriorRefused("format", "a fleet document is a JSON object")
+    signature = doc.get("signature")
+    if signature is None:
+        raise PriorRefused("unsigned", "the document carries no signature")
+    if not isinstance(signature, dict) or signature.get("alg") != "Ed25519" \
+            or not isinstance(signature.get("value"), str):
+        raise PriorRefused("signature", "the signature is not an Ed25519 signature")
+    from edge_agent.fleet._deps import need
+
+    invalid = need("cryptography.exceptions").InvalidSignature
+    try:
+        public_key.verify(base64.b64decode(signature["value"], validate=True), canonical(doc))
+    except (ValueError, TypeError, invalid):
+        raise PriorRefused("signature", "bad signature: the document was altered or signed "
+                           "with another key than the trusted one") from None
+    return doc
+
+
 def verify_prior(doc, public_key, *, class_name: str, newer_than: int | None = None,
                  feature_names=None) -> FleetPrior:
     """The prior in ``doc`` if it is signed by ``public_key``, for ``class_name``, newer
@@ -203,23 +225,7 @@ def verify_prior(doc, public_key, *, class_name: str, newer_than: int | None = N
     The signature is checked before anything in the document is believed. Raises
     :class:`PriorRefused` otherwise.
     """
-    if not isinstance(doc, dict):
-        raise PriorRefused("format", "a prior document is a JSON object")
-    signature = doc.get("signature")
-    if signature is None:
-        raise PriorRefused("unsigned", "the prior carries no signature")
-    if not isinstance(signature, dict) or signature.get("alg") != "Ed25519" \
-            or not isinstance(signature.get("value"), str):
-        raise PriorRefused("signature", "the signature is not an Ed25519 signature")
-    from edge_agent.fleet._deps import need
-
-    invalid = need("cryptography.exceptions").InvalidSignature
-    try:
-        raw = base64.b64decode(signature["value"], validate=True)
-        public_key.verify(raw, canonical(doc))
-    except (ValueError, TypeError, invalid):
-        raise PriorRefused("signature", "bad signature: the prior was altered or signed with "
-                           "another key than the trusted one") from None
+    verify_signature(doc, public_key)
     prior = prior_from_doc(doc)
     if prior.class_name != class_name:
         raise PriorRefused("wrong_class", f"prior for class {prior.class_name!r}, "

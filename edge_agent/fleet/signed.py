@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 
-from edge_agent.fleet.document import PriorRefused, canonical
+from edge_agent.fleet.document import PriorRefused, canonical, verify_signature
 from edge_agent.fleet.keys import key_id
 from edge_agent.fleet.rollout import STAGES, Rollout
 from edge_agent.frame import iso_time
@@ -41,27 +41,6 @@ def sign_document(doc: dict, private_key) -> dict:
     value = private_key.sign(canonical(body))
     return {**body, "signature": {"alg": "Ed25519", "key_id": key_id(private_key.public_key()),
                                   "value": base64.b64encode(value).decode("ascii")}}
-
-
-def verify_signature(doc, public_key) -> dict:
-    """``doc`` if its signature is the fleet key's; :class:`PriorRefused` otherwise."""
-    if not isinstance(doc, dict):
-        raise PriorRefused("format", "a fleet document is a JSON object")
-    signature = doc.get("signature")
-    if signature is None:
-        raise PriorRefused("unsigned", "the document carries no signature")
-    if not isinstance(signature, dict) or signature.get("alg") != "Ed25519" \
-            or not isinstance(signature.get("value"), str):
-        raise PriorRefused("signature", "the signature is not an Ed25519 signature")
-    from edge_agent.fleet._deps import need
-
-    invalid = need("cryptography.exceptions").InvalidSignature
-    try:
-        public_key.verify(base64.b64decode(signature["value"], validate=True), canonical(doc))
-    except (ValueError, TypeError, invalid):
-        raise PriorRefused("signature", "bad signature: the document was altered or signed "
-                           "with another key than the trusted one") from None
-    return doc
 
 
 def verify_rollout(doc, public_key, *, class_name: str, after_seq: int | None = None) -> dict:
