@@ -97,13 +97,13 @@ def run_replay(options, pipeline: Pipeline, on_verdict=None, on_alert=None) -> R
 
 def final_state(pipeline: Pipeline, machine: str) -> str:
     """What the machine was at the end: its alert state once monitored, else ``baselining``
-    (or ``stopped`` when no channel ever ran)."""
+    (or ``no_windows`` when no window was learned or scored: all rejected, or never running)."""
     alerter = pipeline.alerters.get(machine)
     models = [m for (name, _), d in pipeline.detectors.items() if name == machine
               for m in d.models.values()]
     if alerter is not None and (alerter.state != "normal" or any(m.fitted for m in models)):
         return alerter.state
-    return "baselining" if models else "stopped"
+    return "baselining" if models else "no_windows"
 
 
 def alert_line(alert: dict) -> str:
