@@ -33,21 +33,16 @@ import time
 from collections import Counter, OrderedDict
 
 from edge_agent.fleet.aggregator_config import FleetFile
-from edge_agent.fleet.document import PriorRefused, sign_prior, update_from_doc
+from edge_agent.fleet.document import PriorRefused, sign_prior, update_from_doc, update_id
 from edge_agent.fleet.rollout import Rollout, RolloutError
 from edge_agent.fleet.signed import rollout_doc, sign_document
-from edge_agent.mqtt.topics import TopicError, Topics, parse_topic, shared_filter
+from edge_agent.mqtt.topics import TopicError, Topics, alerts_filter, parse_topic, shared_filter
 from edge_agent.runtime.fleet_config import MAX_UPDATE_BYTES
 
 log = logging.getLogger(__name__)
 
 #: Signed prior versions kept per class (the stable one, those a rollback returns to, a candidate).
 KEEP_VERSIONS = 8
-
-
-def update_id(doc: dict) -> str:
-    """What identifies one update: its member and creation time (``gw-1/pump-7@<created>``)."""
-    return f"{doc['agent']}/{doc['machine']}@{doc['created']}"
 
 
 class Aggregator:
@@ -80,7 +75,7 @@ class Aggregator:
         sub = self.publisher.subscribe
         sub(shared_filter(a.share_group, updates) if a.share_group else updates,
             lambda t, p: self._put(("update", t, p)))
-        sub(f"{self.topics.prefix}/{self.topics.site}/+/+/alerts",
+        sub(alerts_filter(self.topics.prefix, self.topics.site),
             lambda t, p: self._put(("alert", t, p)))
         sub(self.topics.fleet_rollback_filter(), lambda t, p: self._put(("rollback", t, p)))
         sub(f"{self.topics.prefix}/{self.topics.site}/fleet/+/members/+/+",

@@ -241,6 +241,11 @@ def verify_prior(doc, public_key, *, class_name: str, newer_than: int | None = N
 
 
 # -- member updates -----------------------------------------------------------------
+def update_id(doc: dict) -> str:
+    """What identifies one update: its member and creation time (``gw-1/pump-7@<created>``)."""
+    return f"{doc['agent']}/{doc['machine']}@{doc['created']}"
+
+
 def update_to_doc(summary: MemberSummary, *, agent: str, created_s: float,
                   privacy: dict | None = None) -> dict:
     """The ``edge-agent/fleet-update/1`` document of ``summary``.

@@ -38,7 +38,7 @@ import time
 import uuid
 from collections import Counter
 
-from edge_agent.fleet.document import PriorRefused, update_to_doc, verify_prior
+from edge_agent.fleet.document import PriorRefused, update_id, update_to_doc, verify_prior
 from edge_agent.fleet.signed import verify_rollout
 from edge_agent.frame import iso_time
 from edge_agent.mqtt.topics import TopicError, parse_topic
@@ -137,8 +137,7 @@ class FleetMember:
     def fitted(self, machine: str) -> bool:
         """Every channel of ``machine`` heard so far has a fitted baseline."""
         dets = [d for (m, _), d in self.agent.pipeline.detectors.items() if m == machine]
-        return bool(dets) and all(any(model.fitted for model in d.models.values())
-                                  for d in dets)
+        return bool(dets) and all(d.fitted for d in dets)
 
     def _due(self, machine: str, now: float) -> bool:
         m = self.machines[machine]
@@ -172,7 +171,7 @@ class FleetMember:
             "delta": f.delta})
         payload = json.dumps(doc, separators=(",", ":")).encode()
         m["last_publish_s"] = now
-        update_id = f"{doc['agent']}/{doc['machine']}@{doc['created']}"
+        this_update = update_id(doc)
         if len(payload) > f.max_update_bytes:
             m["too_large"] += 1
             log.error("fleet update too large; not published", extra={
@@ -181,19 +180,19 @@ class FleetMember:
         else:
             topic = self.link.topics.fleet_update(cls, self.agent.config.id, machine)
             self.link.publisher.enqueue(topic, payload, qos=1, priority=-1,
-                                        msg_id=str(uuid.uuid5(UPDATE_NAMESPACE, update_id)))
+                                        msg_id=str(uuid.uuid5(UPDATE_NAMESPACE, this_update)))
             m["updates"] += 1
             m["last_update"] = doc["created"]
             log.info("fleet update queued", extra={
                 "event": "fleet_update_queued", "machine": machine, "class": cls,
-                "update_id": update_id, "bytes": len(payload), "epsilon": round(epsilon, 4),
+                "update_id": this_update, "bytes": len(payload), "epsilon": round(epsilon, 4),
                 "epsilon_budget": f.epsilon_budget})
         if m["exhausted"]:
             log.warning("privacy budget spent: this machine shares nothing more", extra={
                 "event": "fleet_budget_spent", "machine": machine, "epsilon": epsilon,
                 "epsilon_budget": f.epsilon_budget})
         self._save()
-        return update_id
+        return this_update
 
     # -- receiving (processing thread) -----------------------------------------------------
     def _refuse(self, reason: str, topic: str, detail: str) -> None:

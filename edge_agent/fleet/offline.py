@@ -26,15 +26,14 @@ def member_from_records(records: Iterable, *, class_name: str, config: DetectorC
         if done_at is not None and index > done_at:
             break  # every channel of that window has been seen: nothing more to learn
         pipeline.process(record, index)
-        if done_at is None and all(any(m.fitted for m in d.models.values())
-                                   for d in pipeline.detectors.values()):
+        if done_at is None and all(d.fitted for d in pipeline.detectors.values()):
             done_at = index
     machines = {m for m, _ in pipeline.detectors}
     if len(machines) > 1:
         raise UsageError(f"{source} holds several machines ({', '.join(sorted(machines))}): "
                          "give one recording per member machine")
     unfitted = [ch for (_, ch), d in pipeline.detectors.items()
-                if not any(m.fitted for m in d.models.values())]
+                if not d.fitted]
     if not pipeline.detectors or unfitted:
         raise UsageError(f"{source}: no complete baseline of {config.baseline_windows} running "
                          f"windows{' on ' + ', '.join(unfitted) if unfitted else ''}; give a "

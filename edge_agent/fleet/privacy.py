@@ -30,6 +30,7 @@ dependence on one window is not bounded), so :func:`privatise` drops them.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -86,7 +87,7 @@ def privatise(summary: MemberSummary, *, noise_multiplier: float, clip: float,
     d = len(summary.feature_names)
     level = summary.location + rng.normal(0.0, sigma, d) * summary.scale
     scale = summary.scale * np.exp(rng.normal(0.0, sigma, d))
-    return summary.with_location(level, scale, ae_weights=None)
+    return replace(summary, location=level, scale=scale, ae_weights=None)
 
 
 class PrivacyAccountant:

@@ -334,6 +334,11 @@ class ChannelDetector:
     def updates(self) -> int:
         return sum(m.updates for m in self.models.values())
 
+    @property
+    def fitted(self) -> bool:
+        """Whether some regime of this channel has a fitted baseline."""
+        return any(m.fitted for m in self.models.values())
+
     def _vector(self, features):
         if self.names is None:
             numeric = [k for k, v in features.items() if isinstance(v, (int, float))

@@ -23,7 +23,6 @@ windows it stands for.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -109,11 +108,6 @@ class MemberSummary:
         """The healthy value of each feature in its own unit."""
         return {n: float(10.0 ** c) if lg else float(c)
                 for n, c, lg in zip(self.feature_names, self.location, self.log)}
-
-    def with_location(self, location, scale=None, ae_weights="keep") -> "MemberSummary":
-        """A copy with other statistics (used by the privacy mechanism)."""
-        return replace(self, location=location, scale=self.scale if scale is None else scale,
-                       ae_weights=self.ae_weights if ae_weights == "keep" else ae_weights)
 
 
 @dataclass(frozen=True)
@@ -243,22 +237,3 @@ def merge_channels(summaries: dict) -> MemberSummary | None:
                          np.concatenate([s.location for s in parts]),
                          np.concatenate([s.scale for s in parts]),
                          np.concatenate([s.log for s in parts]), weights or None)
-
-
-def ratio_to_prior(prior: FleetPrior, names, location, log) -> np.ndarray:
-    """Amplitude-equivalent ratio of a machine's healthy ``location`` to the prior's, per
-    feature (1 where not comparable: missing in the prior, or not a log feature there)."""
-    from edge_agent.models.baseline import is_power
-
-    idx = prior.index(names)
-    out = np.ones(len(names))
-    for j, i in enumerate(idx):
-        if i < 0 or not (prior.log[i] and log[j]):
-            continue
-        order = 2.0 if is_power(names[j]) else 1.0
-        out[j] = 10.0 ** ((location[j] - prior.location[i]) / order)
-    return out
-
-
-def finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None

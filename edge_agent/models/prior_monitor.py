@@ -87,11 +87,13 @@ class PriorMonitor:
         self.order_ = np.array([2.0 if is_power(n) else 1.0 for n in names])
         self.version = prior.version
         self.config = config
-        self.k = max(1, min(config.zscore_top_k, int(self.known_.sum())))
+        self.n_known_ = int(self.known_.sum())
+        self.k = max(1, min(config.zscore_top_k, self.n_known_))
         self.threshold_ = max(config.threshold_floor, -math.log10(config.risk))
         self.alarm_threshold_ = config.alarm_factor * self.threshold_
         self._recent: deque = deque(maxlen=max(1, config.trend_span))
         self.windows_ = 0
+        self._reference = self._build_reference()  # what alerts judge against: fixed
 
     @property
     def usable(self) -> bool:
@@ -108,8 +110,6 @@ class PriorMonitor:
     def reference(self) -> tuple[dict, dict]:
         """The fleet's healthy medians and (log10) spreads of this channel's features, as
         alerts judge evidence against (the own baseline's ``reference`` and ``spread``)."""
-        if getattr(self, "_reference", None) is None:  # asked every window: built once
-            self._reference = self._build_reference()
         return self._reference
 
     def _build_reference(self) -> tuple[dict, dict]:
@@ -127,7 +127,7 @@ class PriorMonitor:
         d = np.where(self.up_, np.maximum(z, 0.0), np.where(self.known_, np.abs(z), 0.0))
         top = float(d.max()) if d.size else 0.0
         two_sided = not self.up_[int(np.argmax(d))] if d.size else False
-        p = min(1.0, int(self.known_.sum()) * (2.0 if two_sided else 1.0) * _tail(top))
+        p = min(1.0, self.n_known_ * (2.0 if two_sided else 1.0) * _tail(top))
         score = max(0.0, -math.log10(max(p, 1e-300)))
         level = np.median(np.vstack(self._recent), axis=0)
         clear = self.up_ & self.log_ & (level >= 2.0)

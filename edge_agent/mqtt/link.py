@@ -14,6 +14,7 @@ says so (``truncated``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 from edge_agent.jsonl import dumps
@@ -128,38 +129,37 @@ class AgentLink:
     def start(self) -> None:
         self.publisher.start()
 
-    def _on_rebaseline(self, topic: str, payload: bytes, kind: str = "rebaseline") -> None:
-        """A machine command (``rebaseline``, ``fleet_confirm``): the topic is the command."""
+    def _machine_command(self, topic: str, kind: str) -> str | None:
+        """The machine a command topic addresses; ``None`` when it is another worker's, or
+        refused (counted as ``unknown_command`` and the like)."""
         ref, refusal = _refusal(self.agent, self.topics, topic)
+        if ref is not None and ref.machine is not None and not self.agent.config.owns(ref.machine):
+            return None
         if refusal is None and not self.agent.known(ref.machine):
             refusal = ("unknown_command", f"{kind} for a machine this agent does not handle")
-        if ref is not None and ref.machine is not None and not self.agent.config.owns(ref.machine):
-            return
         if refusal is not None:
             self.agent.rejections.refused(refusal[0] if refusal[0] != "unknown_machine"
                                           else "unknown_command", topic, refusal[1])
-            return
-        self.agent.submit((kind, ref.machine))
+            return None
+        return ref.machine
+
+    def _on_rebaseline(self, topic: str, payload: bytes, kind: str = "rebaseline") -> None:
+        """A machine command (``rebaseline``, ``fleet_confirm``): the topic is the command."""
+        machine = self._machine_command(topic, kind)
+        if machine is not None:
+            self.agent.submit((kind, machine))
 
     def _on_feedback(self, topic: str, payload: bytes) -> None:
         """An operator's label: the topic checked here, the label on the processing thread
         (:func:`edge_agent.runtime.feedback.on_agent`), which counts what it refuses."""
-        import json
-
-        ref, refusal = _refusal(self.agent, self.topics, topic)
-        if ref is not None and ref.machine is not None and not self.agent.config.owns(ref.machine):
-            return
-        if refusal is None and not self.agent.known(ref.machine):
-            refusal = ("unknown_command", "feedback for a machine this agent does not handle")
-        if refusal is not None:
-            self.agent.rejections.refused(refusal[0] if refusal[0] != "unknown_machine"
-                                          else "unknown_command", topic, refusal[1])
+        machine = self._machine_command(topic, "feedback")
+        if machine is None:
             return
         try:
             doc = json.loads(payload[:4096]) if len(payload) <= 4096 else None
         except ValueError:
             doc = None
-        self.agent.submit(("feedback", ref.machine, doc, topic))
+        self.agent.submit(("feedback", machine, doc, topic))
 
     def alert_states(self) -> dict[str, tuple[int, str]]:
         """Each machine's alert state as its last committed alert left it (for restore)."""
@@ -228,6 +228,7 @@ def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:
     health = agent.rejections.channels(machine)
     baselines = agent.pipeline.baseline_coverage(machine)
     names = sorted({c for m, c in agent.channel_view if m == machine} | set(health))
+    held = agent.pipeline.held_baselines  # walks every model: once per status, not per channel
     for channel in names:
         view = agent.channel_view.get((machine, channel), {})
         sensor = health.get(channel, {"sensor_health": "ok" if view else "no_data",
@@ -242,7 +243,7 @@ def machine_status(agent, machine: str, outbox_depth: int = 0) -> dict:
             baseline=baselines.get(channel, {}).get(view.get("regime", "any")),
             baseline_held=bool(view.get("baseline_held")), indicators=view.get("indicators"),
             basis=view.get("basis"),
-            fleet_held=agent.pipeline.held_baselines.get((machine, channel)))
+            fleet_held=held.get((machine, channel)))
     return machine_status_doc(agent.config.id, machine, channels,
                               outbox_depth=outbox_depth,
                               model_version=agent_version(agent, machine),

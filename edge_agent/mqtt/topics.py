@@ -53,6 +53,15 @@ class TopicError(ValueError):
     """A name or topic that is not valid in our namespace; the message says which level."""
 
 
+def _unreserved(name: str, what: str, reserved: frozenset, why: str) -> str:
+    """``name`` if it is a valid ``what`` name and not one of ``reserved`` (:class:`TopicError`
+    saying ``why`` otherwise)."""
+    check_name(name, what)
+    if name in reserved:
+        raise TopicError(f"{what} {name!r} is reserved ({why})")
+    return name
+
+
 def check_name(value: str, what: str = "name") -> str:
     """``value`` if it is a valid name level, else :class:`TopicError`.
 
@@ -138,17 +147,11 @@ class Topics:
 
     @staticmethod
     def _area_ok(area: str) -> str:
-        check_name(area, "area")
-        if area in RESERVED_AREAS:
-            raise TopicError(f"area {area!r} is reserved (the fleet exchange lives under it)")
-        return area
+        return _unreserved(area, "area", RESERVED_AREAS, "the fleet exchange lives under it")
 
     @staticmethod
     def _site_ok(site: str) -> str:
-        check_name(site, "site")
-        if site in RESERVED_SITES:
-            raise TopicError(f"site {site!r} is reserved (agent status lives under it)")
-        return site
+        return _unreserved(site, "site", RESERVED_SITES, "agent status lives under it")
 
     def machine_root(self, machine: str) -> str:
         """``<prefix>/<site>/<area>/<machine>``."""
@@ -214,10 +217,7 @@ class Topics:
 
     @staticmethod
     def _channel_ok(channel: str) -> str:
-        check_name(channel, "channel")
-        if channel in RESERVED_CHANNELS:
-            raise TopicError(f"channel {channel!r} is reserved (commands live under it)")
-        return channel
+        return _unreserved(channel, "channel", RESERVED_CHANNELS, "commands live under it")
 
     # Subscription filters of this agent's site (every area, machine and channel).
     def raw_filter(self) -> str:

@@ -206,16 +206,14 @@ class Agent(Durable):
 
         alerts, windows, records = [], [], []
         for item in items:
-            if isinstance(item, tuple) and item[0] == "call":
-                # an upper layer's work on this thread (the fleet member): after the windows
-                # before it, and never the end of the others
+            if isinstance(item, tuple):  # a command: after the windows queued before it
                 alerts += self._score(windows, records, live)
                 windows, records = [], []
-                self._call(item[1])
-            elif isinstance(item, tuple) and item[0] in ("rebaseline", "fleet_confirm", "feedback"):
-                alerts += self._score(windows, records, live)
-                windows, records = [], []
-                if item[0] == "rebaseline":
+                if item[0] == "call":
+                    # an upper layer's work on this thread (the fleet member), never the end
+                    # of the others
+                    self._call(item[1])
+                elif item[0] == "rebaseline":
                     self.rebaseline(item[1])
                 elif item[0] == "fleet_confirm":  # a baseline that differs from its fleet
                     self.pipeline.confirm_baseline(item[1])
@@ -314,10 +312,15 @@ class Agent(Durable):
 
     def rebaseline(self, machine: str) -> None:
         channels = self.pipeline.rebaseline(machine)
-        self.windowers.pop(machine, None)
-        self.fitted = {f for f in self.fitted if f[0] != machine}
+        self.forget_windows(machine)
         log.warning("re-baseline ordered", extra={"event": "rebaseline", "machine": machine,
                                                   "channels": channels})
+
+    def forget_windows(self, machine: str) -> None:
+        """The agent's side of a re-baseline (the pipeline's is Pipeline.rebaseline): the
+        machine's partial windows and which of its baselines were announced as learned."""
+        self.windowers.pop(machine, None)
+        self.fitted = {f for f in self.fitted if f[0] != machine}
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event, source=None, *, exit_when_done: bool = False) -> None:

@@ -142,7 +142,11 @@ class ChannelAlertState:
         return sorted(found, key=lambda e: -e["strength"])
 
     def reset(self) -> None:
+        """Forget the evidence and start calm. A baseline held as differing from its fleet
+        stays held: only fleet-confirm (or a re-baseline, which drops the channel) ends that."""
+        held = self.fleet_held
         self.__init__(self.policy)
+        self.fleet_held = held
 
 
 class MachineAlerter:
@@ -263,9 +267,7 @@ class MachineAlerter:
         a ``normal`` alert (raised by ``record``, the machine's latest window) closes it."""
         views = [c.view for c in self.channels.values() if c.view] + [None]
         for c in self.channels.values():
-            held = c.fleet_held  # a baseline that differs from its fleet waits for fleet-confirm
             c.reset()
-            c.fleet_held = held
         self.state = "normal"
         if self.announced == "normal":
             return None

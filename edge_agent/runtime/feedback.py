@@ -278,8 +278,7 @@ def on_agent(agent, machine: str, doc, topic: str) -> list[dict]:
         return []
     agent.stats["feedback"] += 1
     if done == "maintenance_done":  # as cmd/rebaseline: the agent's side of it too
-        agent.windowers.pop(machine, None)
-        agent.fitted = {f for f in agent.fitted if f[0] != machine}
+        agent.forget_windows(machine)
     alerter = agent.pipeline.alerters.get(machine)
     for (m, channel), view in agent.channel_view.items():  # the status says it at once
         if m == machine and alerter is not None and view.get("state") in ("warning", "alarm"):

@@ -135,8 +135,9 @@ def extract_features(x, fs_hz: float, spec: FeatureSpec = FeatureSpec(), *,
     ef, ea = amplitude_spectrum(env, fs_hz)
     out["env_peak_hz"] = peak_hz(ef, ea, min_hz=spec.envelope_min_hz, max_hz=spec.envelope_max_hz)
     if spectrum:
-        out["env_spectrum_df_hz"], out["env_spectrum_g"] = compact_spectrum(
-            ef, ea.astype(np.float32), spec.envelope_max_hz)
+        # compacted first, then rounded: float32 rounding keeps the order, so the same lines
+        df_hz, lines_g = compact_spectrum(ef, ea, spec.envelope_max_hz)
+        out["env_spectrum_df_hz"], out["env_spectrum_g"] = df_hz, lines_g.astype(np.float32)
 
     if rpm is not None and spec.fault_orders is not None:
         shaft_hz = np.broadcast_to(np.asarray(rpm, dtype=np.float64) / 60.0, x.shape[:-1])
