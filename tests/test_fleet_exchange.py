@@ -15,11 +15,11 @@ import pytest
 from edge_agent.fleet.aggregate import aggregate
 from edge_agent.fleet.aggregator import Aggregator
 from edge_agent.fleet.aggregator_config import load_fleet_config, parse_fleet_config
-from edge_agent.fleet.document import sign_prior, update_to_doc, verify_prior
+from edge_agent.fleet.document import sign_document, sign_prior, update_to_doc, verify_prior
 from edge_agent.fleet.keys import keygen, load_private_key, load_public_key
 from edge_agent.fleet.member import FleetMember
 from edge_agent.fleet.rollout import Rollout, RolloutPolicy
-from edge_agent.fleet.signed import rollout_doc, sign_document
+from edge_agent.fleet.signed import rollout_doc
 from edge_agent.models.prior import merge_channels, summary_from_detector
 from edge_agent.mqtt.link import AgentLink
 from edge_agent.mqtt.topics import Topics

@@ -33,9 +33,10 @@ import time
 from collections import Counter, OrderedDict
 
 from edge_agent.fleet.aggregator_config import FleetFile
-from edge_agent.fleet.document import PriorRefused, sign_prior, update_from_doc, update_id
+from edge_agent.fleet.document import (PriorRefused, sign_document, sign_prior, update_from_doc,
+                                       update_id)
 from edge_agent.fleet.rollout import Rollout, RolloutError
-from edge_agent.fleet.signed import rollout_doc, sign_document
+from edge_agent.fleet.signed import rollout_doc
 from edge_agent.mqtt.topics import TopicError, Topics, alerts_filter, parse_topic, shared_filter
 from edge_agent.runtime.fleet_config import MAX_UPDATE_BYTES
 

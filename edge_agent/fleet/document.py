@@ -186,13 +186,18 @@ def prior_from_doc(doc) -> FleetPrior:
                       _int(doc, "windows", 0), provenance)
 
 
+def sign_document(doc: dict, private_key) -> dict:
+    """``doc`` (a prior, a rollout) with an Ed25519 ``signature`` member over its canonical
+    JSON (:func:`canonical`), made with the fleet's ``private_key``."""
+    body = {k: v for k, v in doc.items() if k != "signature"}
+    value = private_key.sign(canonical(body))
+    return {**body, "signature": {"alg": "Ed25519", "key_id": key_id(private_key.public_key()),
+                                  "value": base64.b64encode(value).decode("ascii")}}
+
+
 def sign_prior(prior: FleetPrior, private_key) -> dict:
     """The document of ``prior`` signed with the fleet's Ed25519 ``private_key``."""
-    doc = prior_to_doc(prior)
-    signature = private_key.sign(canonical(doc))
-    doc["signature"] = {"alg": "Ed25519", "key_id": key_id(private_key.public_key()),
-                        "value": base64.b64encode(signature).decode("ascii")}
-    return doc
+    return sign_document(prior_to_doc(prior), private_key)
 
 
 def verify_signature(doc, public_key) -> dict:

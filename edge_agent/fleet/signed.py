@@ -1,5 +1,5 @@
 """The rollout document (``edge-agent/fleet-rollout/1``): which prior version members use,
-signed with the fleet key like the prior itself.
+signed with the fleet key like the prior itself (:func:`edge_agent.fleet.document.sign_document`).
 
 The aggregator publishes it retained on ``<prefix>/<site>/fleet/<class>/rollout`` after
 every change of :class:`~edge_agent.fleet.rollout.Rollout`; agents follow it and nothing
@@ -13,10 +13,7 @@ backward). The signature covers the canonical JSON as for priors
 
 from __future__ import annotations
 
-import base64
-
-from edge_agent.fleet.document import PriorRefused, canonical, verify_signature
-from edge_agent.fleet.keys import key_id
+from edge_agent.fleet.document import PriorRefused, verify_signature
 from edge_agent.fleet.rollout import STAGES, Rollout
 from edge_agent.frame import iso_time
 
@@ -33,14 +30,6 @@ def rollout_doc(rollout: Rollout, *, created_s: float) -> dict:
             "previous": state["previous"][-32:], "canaries": state["canaries"],
             "history": [{**{k: c[k] for k in ("stage", "stable", "candidate", "reason")},
                          "ts": iso_time(c["ts_s"])} for c in state["history"]]}
-
-
-def sign_document(doc: dict, private_key) -> dict:
-    """``doc`` with an Ed25519 ``signature`` member over its canonical JSON."""
-    body = {k: v for k, v in doc.items() if k != "signature"}
-    value = private_key.sign(canonical(body))
-    return {**body, "signature": {"alg": "Ed25519", "key_id": key_id(private_key.public_key()),
-                                  "value": base64.b64encode(value).decode("ascii")}}
 
 
 def verify_rollout(doc, public_key, *, class_name: str, after_seq: int | None = None) -> dict:
