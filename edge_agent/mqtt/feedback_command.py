@@ -74,9 +74,8 @@ def feedback_command(args: argparse.Namespace, out=None) -> int:
     """Run ``edge-agent feedback``; returns the exit status (errors: :class:`UsageError`)."""
     from edge_agent.errors import UsageError
     from edge_agent.mqtt.client import make_client
-    from edge_agent.mqtt.operator import parse_broker
+    from edge_agent.mqtt.operator import connection_settings, parse_broker
     from edge_agent.mqtt.topics import TopicError, Topics
-    from edge_agent.runtime.config import MqttSettings
 
     out = out or sys.stdout
     host, port = parse_broker(args.broker)
@@ -84,12 +83,8 @@ def feedback_command(args: argparse.Namespace, out=None) -> int:
         topic = Topics(args.prefix, args.site, args.area).feedback(args.machine)
     except TopicError as exc:
         raise UsageError(str(exc)) from None
-    if args.password_file and not args.username:
-        raise UsageError("--password-file needs --username")
+    settings = connection_settings(args, host, port)
     doc = feedback_document(args)
-    settings = MqttSettings(host=host, port=port, protocol=args.mqtt, username=args.username,
-                            password_file=args.password_file, tls=args.tls, tls_ca=args.tls_ca,
-                            tls_cert=args.tls_cert, tls_key=args.tls_key)
     client = make_client(settings, f"edge-agent-feedback-{uuid.uuid4().hex[:12]}")
     connected, acked, failure = threading.Event(), threading.Event(), []
 

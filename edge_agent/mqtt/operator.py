@@ -55,6 +55,19 @@ def add_connection_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mqtt", choices=("5", "3.1.1"), default="5", help="protocol (default 5)")
 
 
+def connection_settings(args: argparse.Namespace, host: str, port: int | None, **extra):
+    """The :class:`~edge_agent.runtime.config.MqttSettings` of the options that
+    :func:`add_connection_arguments` added (``extra``: more settings)."""
+    from edge_agent.errors import UsageError
+    from edge_agent.runtime.config import MqttSettings
+
+    if args.password_file and not args.username:
+        raise UsageError("--password-file needs --username")
+    return MqttSettings(host=host, port=port, protocol=args.mqtt, username=args.username,
+                        password_file=args.password_file, tls=args.tls, tls_ca=args.tls_ca,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key, **extra)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -112,7 +125,6 @@ def alerts_command(args: argparse.Namespace, out=None) -> int:
     """Run ``edge-agent alerts`` (see :func:`add_alerts_parser`); returns the exit status."""
     from edge_agent.errors import UsageError
     from edge_agent.mqtt.client import make_client, reason_name
-    from edge_agent.runtime.config import MqttSettings
     from edge_agent.mqtt.topics import TopicError, alerts_filter
 
     out = out or sys.stdout
@@ -121,12 +133,7 @@ def alerts_command(args: argparse.Namespace, out=None) -> int:
         topic_filter = alerts_filter(args.prefix, args.site, args.area)
     except TopicError as exc:
         raise UsageError(str(exc)) from None
-    if args.password_file and not args.username:
-        raise UsageError("--password-file needs --username")
-    settings = MqttSettings(host=host, port=port, protocol=args.mqtt, username=args.username,
-                            password_file=args.password_file, tls=args.tls, tls_ca=args.tls_ca,
-                            tls_cert=args.tls_cert, tls_key=args.tls_key,
-                            reconnect_min_s=1.0, reconnect_max_s=30.0)
+    settings = connection_settings(args, host, port, reconnect_min_s=1.0, reconnect_max_s=30.0)
     v5 = settings.protocol == "5"
     client_id = args.session or f"edge-agent-alerts-{uuid.uuid4().hex[:12]}"
     client = make_client(settings, client_id, persistent=bool(args.session))
