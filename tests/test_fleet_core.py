@@ -6,6 +6,8 @@ import copy
 import json
 import stat
 
+import hypothesis as hyp
+import hypothesis.strategies as st
 import jsonschema
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from edge_agent.fleet.aggregate import AggregationError, aggregate, clipped_feda
 from edge_agent.fleet.document import (PriorRefused, prior_from_doc, prior_to_doc, sign_prior,
                                        update_from_doc, update_to_doc, verify_prior)
 from edge_agent.fleet.keys import keygen, load_private_key, load_public_key
-from edge_agent.fleet.privacy import PrivacyAccountant, clipped_summary, privatise
+from edge_agent.fleet.privacy import (PrivacyAccountant, Reference, clipped_deviation,
+                                      clipped_level, private_summary, privatise, sensitivity)
 from edge_agent.models.prior import MemberSummary
 from edge_agent.schema import load_schema
 
@@ -229,27 +232,62 @@ def test_the_accountant_agrees_with_dp_accounting_and_stops_at_the_budget():
     assert PrivacyAccountant.from_state(acc2.state()).epsilon() == acc2.epsilon()
 
 
-def test_privatise_adds_noise_of_the_calibrated_size_and_drops_the_autoencoder():
+def test_the_bootstrap_release_adds_noise_of_the_calibrated_size_and_drops_the_autoencoder():
     m = member("p1", windows=100)
     rng = np.random.default_rng(1)
     draws = np.array([privatise(m, noise_multiplier=2.0, clip=3.0, rng=rng).location
                       for _ in range(2000)])
     sigma_scales = ((draws - m.location) / m.scale).std(axis=0)
-    np.testing.assert_allclose(sigma_scales, 2.0 * 3.0 / 100, rtol=0.1)
+    # replace-one sensitivity of a mean of 100 windows clipped to 3 per feature (L2 3·√3)
+    np.testing.assert_allclose(sigma_scales, 2.0 * 2 * 3.0 * np.sqrt(3) / 100, rtol=0.1)
     assert privatise(m, noise_multiplier=2.0, clip=3.0, rng=rng).ae_weights is None
 
 
-def test_one_window_moves_the_clipped_summary_by_at_most_clip_over_n():
-    rng = np.random.default_rng(2)
-    X = np.column_stack([10 ** rng.normal(-1, 0.03, 200), 10 ** rng.normal(0.5, 0.02, 200),
-                         rng.normal(0, 0.1, 200)])
-    m = member("p1")
-    a = clipped_summary(m, X, clip=3.0)
+def healthy_windows(n=200, seed=2):
+    rng = np.random.default_rng(seed)
+    return np.column_stack([10 ** rng.normal(-1, 0.03, n), 10 ** rng.normal(0.48, 0.02, n),
+                            rng.normal(0, 0.1, n)])
+
+
+@hyp.settings(max_examples=60, deadline=None)
+@hyp.given(row=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=3, max_size=3),
+           which=st.integers(0, 199))
+def test_one_window_replaced_by_anything_moves_either_mechanism_by_at_most_its_sensitivity(
+        prior, row, which):
+    """The exact guarantee rests on this: whatever one window holds (junk, inf, NaN,
+    a negative value of a log feature), each mechanism's mean moves by at most Δ."""
+    X = healthy_windows()
+    ref = Reference.from_prior(prior, NAMES)
     Y = X.copy()
-    Y[0] = [1e3, 1e3, -1e3]  # one window replaced by anything at all
-    b = clipped_summary(m, Y, clip=3.0)
-    moved = np.abs(b.location - a.location) / m.scale
-    assert np.linalg.norm(moved) <= 2 * 3.0 / 200 + 1e-12
+    Y[which] = row
+    delta = sensitivity(len(X), len(NAMES), 3.0)
+    assert np.linalg.norm(clipped_level(Y, ref, 3.0) - clipped_level(X, ref, 3.0)) \
+        <= delta + 1e-12
+    released = prior.location + 0.3 * prior.widened_scale()  # any level already released
+    assert np.linalg.norm(clipped_deviation(Y, ref, released, 3.0)
+                          - clipped_deviation(X, ref, released, 3.0)) <= delta + 1e-12
+
+
+def test_the_exact_release_is_standardised_on_the_prior_noised_as_calibrated_and_useful(prior):
+    X = healthy_windows()
+    ref = Reference.from_prior(prior, NAMES)
+    assert ref.source == "prior v4" and Reference.from_prior(prior, NAMES + ("other",)) is None
+    np.testing.assert_allclose(ref.unit, prior.widened_scale())
+    rng = np.random.default_rng(3)
+    draws = [private_summary(X, ref, class_name="pump-a", machine="p9", noise_multiplier=2.0,
+                             clip=3.0, rng=rng) for _ in range(1500)]
+    noiseless = prior.location + clipped_level(X, ref, 3.0) * ref.unit
+    level_sigma = (np.array([d.location for d in draws]) - noiseless) / ref.unit
+    np.testing.assert_allclose(level_sigma.std(axis=0), 2.0 * sensitivity(200, 3, 3.0),
+                               rtol=0.1)
+    # and it still says what the machine is: its own median and scale, within the noise
+    own = np.array([np.median(np.log10(X[:, 0])), np.median(np.log10(X[:, 1])),
+                    np.median(X[:, 2])])
+    mean_location = np.mean([d.location for d in draws], axis=0)
+    assert np.all(np.abs(mean_location - own) < 0.5 * np.array([0.03, 0.02, 0.1]))
+    mean_scale = np.mean([d.scale for d in draws], axis=0)
+    np.testing.assert_allclose(mean_scale, [0.03, 0.02, 0.1], rtol=0.25)
+    assert all(d.ae_weights is None and d.windows == 200 for d in draws[:5])
 
 
 def test_a_machine_with_channels_shares_each_channels_levels_and_weights():

@@ -18,6 +18,7 @@ from edge_agent.fleet.aggregator_config import load_fleet_config, parse_fleet_co
 from edge_agent.fleet.document import sign_document, sign_prior, update_to_doc, verify_prior
 from edge_agent.fleet.keys import keygen, load_private_key, load_public_key
 from edge_agent.fleet.member import FleetMember
+from edge_agent.fleet.privacy import sensitivity
 from edge_agent.fleet.rollout import Rollout, RolloutPolicy
 from edge_agent.fleet.signed import rollout_doc
 from edge_agent.models.prior import merge_channels, summary_from_detector
@@ -123,6 +124,8 @@ def test_an_update_is_privatised_accounted_bounded_and_queued_in_the_outbox(fitt
     assert len(pending[0].payload) <= 65536 and pending[0].qos == 1 and not pending[0].retain
     doc = validate("fleet-update", json.loads(pending[0].payload))
     assert doc["autoencoder"] is None and doc["privacy"]["epsilon"] > 0
+    # no prior yet: the bootstrap release, which says its guarantee is not exact
+    assert doc["privacy"]["exact"] is False and doc["privacy"]["reference"] is None
     raw = own_summary(agent)
     shared = np.array([f["location"] for f in doc["features"]])
     assert not np.allclose(shared, raw.location)  # noise was added ...
@@ -134,13 +137,14 @@ def test_an_update_is_privatised_accounted_bounded_and_queued_in_the_outbox(fitt
     assert len(link.outbox.pending()) == 2
     status = member.status()["machines"]
     assert status[MACHINE]["sharing"] == "on" and status[MACHINE]["updates"] == 2
+    assert status[MACHINE]["privacy"] == "bootstrap"
     assert status[OTHER]["sharing"] == "waiting_baseline"
 
 
 def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path, keys):
     from dp_accounting import GaussianDpEvent, rdp
 
-    agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=3.0,
+    agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=5.0,
                                             noise_multiplier=4.0)
     try:
         for _ in range(20):
@@ -150,12 +154,12 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
         status = member.status()["machines"][MACHINE]
         assert 1 <= sent < 20 and status["sharing"] == "budget_spent"
         acc = rdp.RdpAccountant()
-        acc.compose(GaussianDpEvent(4.0), 2 * sent)  # two Gaussian mechanisms per update
+        acc.compose(GaussianDpEvent(4.0), 4 * sent)  # two mechanisms per channel, two channels
         assert status["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
-        assert status["epsilon"] <= 3.0
+        assert status["epsilon"] <= 5.0
         link.close(drain_s=0)
         # the budget is not reset by a restart
-        agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=3.0,
+        agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=5.0,
                                                 noise_multiplier=4.0)
         member.tick()
         assert member.status()["machines"][MACHINE]["sharing"] == "budget_spent"
@@ -163,7 +167,7 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
         spent = member.status()["machines"][MACHINE]["epsilon"]
         link.close(drain_s=0)
         # nor by raising the budget: what was spent counts against the new one
-        agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=3.5,
+        agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=5.5,
                                                 noise_multiplier=4.0)
         assert member.status()["machines"][MACHINE]["epsilon"] == pytest.approx(spent)
         for _ in range(20):
@@ -171,8 +175,8 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
             clock.t += 61
         more = len(link.outbox.pending()) - sent
         acc = rdp.RdpAccountant()
-        acc.compose(GaussianDpEvent(4.0), 2 * (sent + more))
-        assert 0 <= more < sent and acc.get_epsilon(1e-5) <= 3.5
+        acc.compose(GaussianDpEvent(4.0), 4 * (sent + more))
+        assert 0 <= more < sent and acc.get_epsilon(1e-5) <= 5.5
         assert member.status()["machines"][MACHINE]["epsilon"] == pytest.approx(
             acc.get_epsilon(1e-5), rel=1e-6)
     finally:
@@ -180,6 +184,39 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
 
 
 # -- receiving ----------------------------------------------------------------------------------
+def test_with_a_prior_updates_are_exact_against_it_and_a_member_may_wait_for_one(tmp_path,
+                                                                                 keys):
+    agent, link, member, clock = member_for(tmp_path, keys, share_before_prior="false")
+    try:
+        member.tick()
+        assert link.outbox.pending() == []
+        assert member.status()["machines"][MACHINE]["sharing"] == "waiting_prior"
+        send(member, T.fleet_prior(CLASS), signed_prior(agent, keys["key"], 3))
+        member.tick()
+        [update] = link.outbox.pending()
+        doc = validate("fleet-update", json.loads(update.payload))
+        assert doc["privacy"]["exact"] is True and doc["privacy"]["reference"] == "prior v3"
+        status = member.status()["machines"][MACHINE]
+        assert status["sharing"] == "on" and status["privacy"] == "exact"
+        # clipped means of its own windows around the prior, noised by the noise multiplier
+        # times one window's influence, in units of the prior's widened scale (the prior
+        # here is its own summary thrice: its own scale); 20 windows make that noisy
+        raw = own_summary(agent)
+        assert [f["name"] for f in doc["features"]] == list(raw.feature_names)
+        per_channel = len(raw.feature_names) // 2
+        noise_sd = 4.0 * sensitivity(doc["windows"], per_channel, 3.0) * raw.scale
+        shared = np.array([f["location"] for f in doc["features"]])
+        assert np.all(np.abs(shared - raw.location) < 6 * noise_sd)
+        assert not np.allclose(shared, raw.location)
+        from dp_accounting import GaussianDpEvent, rdp
+
+        acc = rdp.RdpAccountant()
+        acc.compose(GaussianDpEvent(4.0), 4)  # level and scale, two channels
+        assert status["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+    finally:
+        link.close(drain_s=0)
+
+
 def test_bad_priors_are_refused_by_reason_and_counted_a_good_one_is_applied(fitted, keys):
     agent, link, member, clock = fitted
     good = signed_prior(agent, keys["key"], 1)

@@ -255,8 +255,9 @@ def update_to_doc(summary: MemberSummary, *, agent: str, created_s: float,
                   privacy: dict | None = None) -> dict:
     """The ``edge-agent/fleet-update/1`` document of ``summary``.
 
-    ``privacy`` is ``{noise_multiplier, clip, epsilon, delta}`` when ``summary`` was
-    privatised (:func:`edge_agent.fleet.privacy.privatise`), else ``None``.
+    ``privacy`` is ``{noise_multiplier, clip, epsilon, delta, exact, reference}`` when
+    ``summary`` was privatised (:mod:`edge_agent.fleet.privacy`; ``exact`` false for a
+    bootstrap release, ``reference`` the prior it was standardised against), else ``None``.
     """
     return {"schema": UPDATE_SCHEMA, "format": FORMAT, "class": summary.class_name,
             "agent": agent, "machine": summary.machine, "created": iso_time(created_s),
@@ -265,9 +266,10 @@ def update_to_doc(summary: MemberSummary, *, agent: str, created_s: float,
                          for n, lg, loc, sc in zip(summary.feature_names, summary.log,
                                                    summary.location, summary.scale)],
             "autoencoder": _weights_doc(summary.ae_weights),
-            "privacy": None if privacy is None else {k: _num(privacy[k]) for k in
-                                                    ("noise_multiplier", "clip", "epsilon",
-                                                     "delta")}}
+            "privacy": None if privacy is None else {
+                **{k: _num(privacy[k]) for k in ("noise_multiplier", "clip", "epsilon", "delta")},
+                "exact": bool(privacy.get("exact", False)),
+                "reference": privacy.get("reference")}}
 
 
 def update_from_doc(doc, *, class_name: str | None = None) -> MemberSummary:

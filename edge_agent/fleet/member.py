@@ -81,6 +81,8 @@ class FleetMember:
                 "class": cls, "last_publish_s": saved.get("last_publish_s"),
                 "updates": saved.get("updates", 0), "too_large": saved.get("too_large", 0),
                 "version": saved.get("version"),  # the version it uses (forward only)
+                # Gaussian mechanisms per release (two per channel), as last spent
+                "mechanisms": saved.get("mechanisms", 2), "privacy": saved.get("privacy"),
                 "role": None, "applied": None,  # applied in this process
                 # what was spent stays spent when the budget or delta is changed
                 "accountant": PrivacyAccountant.from_state(
@@ -105,7 +107,7 @@ class FleetMember:
         (dp-accounting takes milliseconds: once per release, not per status)."""
         acc = m["accountant"]
         m["epsilon"] = acc.epsilon()
-        m["exhausted"] = acc.would_exceed(self.settings.noise_multiplier)
+        m["exhausted"] = acc.would_exceed(self.settings.noise_multiplier, m["mechanisms"])
 
     # -- threads ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,33 +144,42 @@ class FleetMember:
     def _due(self, machine: str, now: float) -> bool:
         m = self.machines[machine]
         return (self.settings.share and self.fitted(machine)
+                and (self.settings.share_before_prior or machine in self.agent.pipeline.priors)
                 and (m["last_publish_s"] is None
                      or now - m["last_publish_s"] >= self.settings.publish_every_s)
                 and not m["exhausted"])
 
+    def release(self, machine: str):
+        """What ``machine`` would share now (:func:`edge_agent.fleet.privacy.release`)."""
+        from edge_agent.fleet.privacy import release
+
+        f = self.settings
+        return release({channel: det for (mach, channel), det in sorted(
+            self.agent.pipeline.detectors.items()) if mach == machine},
+            self.agent.pipeline.priors.get(machine), class_name=self.machines[machine]["class"],
+            machine=machine, noise_multiplier=f.noise_multiplier, clip=f.clip, rng=self.rng,
+            bootstrap=f.share_before_prior)
+
     def share(self, machine: str, now: float) -> str | None:
         """Build, privatise, account and queue one update of ``machine``; its id, or None."""
-        from edge_agent.fleet.privacy import MECHANISMS_PER_RELEASE, privatise
-        from edge_agent.models.prior import merge_channels, summary_from_detector
-
         m, f = self.machines[machine], self.settings
         cls = m["class"]
-        parts = {channel: summary_from_detector(det, class_name=cls, machine=machine,
-                                                channel=channel, with_autoencoder=False)
-                 for (mach, channel), det in sorted(self.agent.pipeline.detectors.items())
-                 if mach == machine}
-        summary = merge_channels(parts)
-        if summary is None:
+        released = self.release(machine)
+        if released is None:
             return None
-        shared = privatise(summary, noise_multiplier=f.noise_multiplier, clip=f.clip,
-                           rng=self.rng)
+        shared, how, mechanisms = released
         acc = m["accountant"]
-        acc.spend(f.noise_multiplier, MECHANISMS_PER_RELEASE)
+        if acc.would_exceed(f.noise_multiplier, mechanisms):
+            m["mechanisms"] = mechanisms
+            self._account(m)
+            return None
+        acc.spend(f.noise_multiplier, mechanisms)
+        m["mechanisms"], m["privacy"] = mechanisms, "exact" if how["exact"] else "bootstrap"
         self._account(m)
         epsilon = m["epsilon"]
         doc = update_to_doc(shared, agent=self.agent.config.id, created_s=now, privacy={
             "noise_multiplier": f.noise_multiplier, "clip": f.clip, "epsilon": epsilon,
-            "delta": f.delta})
+            "delta": f.delta, **how})
         payload = json.dumps(doc, separators=(",", ":")).encode()
         m["last_publish_s"] = now
         this_update = update_id(doc)
@@ -274,10 +285,12 @@ class FleetMember:
         machines = {}
         for machine, m in sorted(self.machines.items()):
             sharing = ("off" if not f.share else "budget_spent" if m["exhausted"] else
-                       "on" if self.fitted(machine) else "waiting_baseline")
+                       "waiting_baseline" if not self.fitted(machine) else
+                       "waiting_prior" if not f.share_before_prior
+                       and machine not in self.agent.pipeline.priors else "on")
             machines[machine] = {"class": m["class"], "prior_version": m["applied"],
                                  "prior_role": m["role"], "sharing": sharing,
-                                 "epsilon": round(m["epsilon"], 6),
+                                 "epsilon": round(m["epsilon"], 6), "privacy": m["privacy"],
                                  "epsilon_budget": f.epsilon_budget, "delta": f.delta,
                                  "updates": m["updates"], "last_update": m.get("last_update"),
                                  "too_large": m["too_large"]}
@@ -293,7 +306,8 @@ class FleetMember:
     def _save(self) -> None:
         state = {"machines": {machine: {
             "accountant": m["accountant"].state(), "last_publish_s": m["last_publish_s"],
-            "updates": m["updates"], "too_large": m["too_large"], "version": m["version"]}
+            "updates": m["updates"], "too_large": m["too_large"], "version": m["version"],
+            "mechanisms": m["mechanisms"], "privacy": m["privacy"]}
             for machine, m in self.machines.items()}, "rollout_seq": self.rollout_seq,
             "saved": iso_time(self.clock())}
         tmp = self.path.with_suffix(".tmp")

@@ -20,6 +20,26 @@ def member_from_records(records: Iterable, *, class_name: str, config: DetectorC
                         source: str = "the recording") -> MemberSummary:
     """The summary of the machine of ``records`` (``(index, FeatureRecord)`` pairs of one
     machine), once every channel seen has fitted its baseline; reading stops there."""
+    pipeline = fitted_pipeline(records, config=config, source=source)
+    name = machine or next(iter(pipeline.detectors))[0]
+    return merge_channels({ch: summary_from_detector(d, class_name=class_name, machine=name,
+                                                     channel=ch,
+                                                     with_autoencoder=with_autoencoder)
+                           for ch, d in member_detectors(pipeline).items()})
+
+
+def member_detectors(pipeline: Pipeline) -> dict:
+    """``{channel: detector}`` of a one-machine pipeline, the channel ``None`` when it has
+    only one (its features then unqualified)."""
+    several = len(pipeline.detectors) > 1
+    return {ch if several else None: d for (_, ch), d in pipeline.detectors.items()}
+
+
+def fitted_pipeline(records: Iterable, *, config: DetectorConfig,
+                    source: str = "the recording") -> Pipeline:
+    """A pipeline that has read ``records`` of one machine until every channel seen has
+    fitted its baseline; a ``UsageError`` naming ``source`` when it holds several machines
+    or no complete baseline."""
     pipeline = Pipeline(config)
     done_at = None  # the window at which every channel seen had fitted its baseline
     for index, record in records:
@@ -38,10 +58,4 @@ def member_from_records(records: Iterable, *, class_name: str, config: DetectorC
         raise UsageError(f"{source}: no complete baseline of {config.baseline_windows} running "
                          f"windows{' on ' + ', '.join(unfitted) if unfitted else ''}; give a "
                          "longer recording or a smaller --baseline-windows")
-    name = machine or next(iter(machines))
-    several = len(pipeline.detectors) > 1
-    parts = {ch: summary_from_detector(d, class_name=class_name, machine=name,
-                                       channel=ch if several else None,
-                                       with_autoencoder=with_autoencoder)
-             for (_, ch), d in pipeline.detectors.items()}
-    return merge_channels(parts)
+    return pipeline

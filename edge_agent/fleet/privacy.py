@@ -1,25 +1,41 @@
 """Differential privacy of what a member shares: clip, add Gaussian noise, account.
 
-The unit protected is **one window of operation**. A member's summary is treated
-as the mean, over its ``n`` baseline windows, of each window's standardised
-contribution clipped to ``clip`` baseline scales (L2 norm over the features) for
-the level, and to ``clip`` scales per feature for the absolute deviation behind
-the scale. Adding or removing one window then moves either sum by at most
-``clip`` scales, so either mean by about ``clip / n`` (replacing one: twice
-that), and :func:`privatise` adds Gaussian noise of standard deviation
-``noise_multiplier * clip / n`` scales to each, calibrated, as DP-SGD is, to
-the add/remove-one-window neighbourhood with the window count public: two Gaussian
-mechanisms of noise multiplier ``noise_multiplier`` per release, whose
-cumulative (ε, δ) over all releases the :class:`PrivacyAccountant` tracks with
-Google's ``dp-accounting`` (Rényi DP).
+The unit protected is **one window of operation**: two baselines are neighbours when
+they differ in one window's features, whatever those are (the number of windows, set
+by configuration, is public). Everything a member shares about a channel goes through
+two Gaussian mechanisms, each a mean over the ``n`` baseline windows of one
+contribution per window and feature clipped to ``±clip`` (so a window's contribution
+has an L2 norm of at most ``clip * sqrt(d)`` for ``d`` features), and replacing one
+window moves the mean by at most ``Δ = 2 * clip * sqrt(d) / n`` (:func:`sensitivity`);
+the noise added is ``N(0, (noise_multiplier * Δ)^2)`` per feature:
 
-What is *not* protected, said plainly in docs/fleet.md: the machine's class,
-name and number of windows; the baseline's median and MAD (the robust
-statistics the agent computes) bound one window's influence in practice (one
-order statistic's gap) but not in the worst case, so the (ε, δ) statement is
-exact only for the clipped-mean summary of :func:`clipped_summary`; and the
-autoencoder's weights, which are never shared once privacy is on (their
-dependence on one window is not bounded), so :func:`privatise` drops them.
+level
+    each window's standardised values ``(t - centre) / unit`` against a **public
+    reference** (:class:`Reference`): the class's signed fleet prior, its location and
+    its widened scale (within-machine scale and between-machine spread), never this
+    machine's own statistics;
+scale
+    each window's absolute deviation from the level just released, in the same units
+    (a normal variable's mean absolute deviation is ``sqrt(2/pi)`` of its standard
+    deviation).
+
+:func:`private_summary` is that mechanism; the cumulative (ε, δ) over all releases of
+a machine (two mechanisms of ``noise_multiplier`` per channel per release) is tracked
+by the :class:`PrivacyAccountant` with Google's ``dp-accounting`` (Rényi DP), and the
+guarantee is exact: it holds for any windows whatsoever.
+
+Before its class has a prior, a machine has no public reference. It may then share a
+**bootstrap** update (:func:`privatise`: the same noise added around its own median
+and MAD, ``[fleet] share_before_prior``), so that a new fleet can form; one window's
+influence on a median is bounded in practice (one order statistic's gap) but not in
+the worst case, so such an update says ``"exact": false`` and its ε is not a
+guarantee. With ``share_before_prior = false`` a machine shares nothing until a prior
+(from commissioning, ``edge-agent fleet prior``, or from other members) is applied.
+
+What is *not* protected, said plainly in docs/fleet.md: the machine's class, name
+and number of windows; its healthy level as such (the point of sharing); and the
+autoencoder's weights, never shared with privacy on (their dependence on one window
+is not bounded), so both mechanisms drop them.
 
 >>> acc = PrivacyAccountant(budget_epsilon=4.0, delta=1e-5)
 >>> acc.spend(noise_multiplier=4.0, count=2)
@@ -30,51 +46,134 @@ dependence on one window is not bounded), so :func:`privatise` drops them.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from edge_agent.fleet._deps import need
+from edge_agent.models.baseline import LOG_SCALE_FLOOR, is_power
 from edge_agent.models.prior import MemberSummary
 
-#: Gaussian mechanisms per release: the level and the scale.
+#: Gaussian mechanisms per channel and release: the level and the scale.
 MECHANISMS_PER_RELEASE = 2
 #: Defaults of the mechanism (benchmarks/fleet.py measures what they cost): four times one
-#: clipped window's influence in noise (ε about 1.5 per release at δ 1e-5), windows
-#: clipped at 3 baseline scales, δ well below 1/windows.
+#: window's influence in noise (ε about 1.5 per release of one channel at δ 1e-5), each
+#: value clipped at three reference units (the prior's widened scale; one unit, closer
+#: to a median, measured a tighter prior that raised a premature alert on a healthy
+#: FEMTO bearing), δ well below 1/windows.
 DEFAULT_NOISE_MULTIPLIER = 4.0
 DEFAULT_CLIP = 3.0
 DEFAULT_DELTA = 1e-5
+MEAN_ABS_TO_SIGMA = 1.0 / math.sqrt(2.0 / math.pi)
 
 
-def clipped_summary(summary: MemberSummary, X, *, clip: float) -> MemberSummary:
-    """``summary`` with level and scale recomputed from raw windows ``X`` (rows in
-    ``summary.feature_names`` order) as clipped means around its own centre:
-    the estimator whose per-window sensitivity is exactly ``clip / n`` scales.
+@dataclass(frozen=True)
+class Reference:
+    """A public centre and unit per feature to standardise a machine's windows against.
+
+    Public means not computed from this machine's windows: a signed fleet prior is
+    (it is computed from releases that were themselves privatised).
     """
+
+    feature_names: tuple[str, ...]
+    location: np.ndarray
+    unit: np.ndarray
+    log: np.ndarray
+    #: where it came from, for the update's ``privacy.reference`` ("prior v3")
+    source: str
+
+    @classmethod
+    def from_prior(cls, prior, names) -> "Reference | None":
+        """The reference ``prior`` (one channel's: ``FleetPrior.for_channel``) gives
+        features ``names``; ``None`` when it lacks one of them."""
+        idx = prior.index(names)
+        if len(idx) == 0 or (idx < 0).any():
+            return None
+        return cls(tuple(names), prior.location[idx], prior.widened_scale()[idx],
+                   prior.log[idx], f"prior v{prior.version}")
+
+
+def sensitivity(n_windows: int, n_features: int, clip: float) -> float:
+    """L2 distance one replaced window can move either mechanism's mean by, in
+    reference units.
+
+    >>> round(sensitivity(120, 4, 3.0), 4)
+    0.1
+    """
+    return 2.0 * clip * math.sqrt(n_features) / max(int(n_windows), 1)
+
+
+def _standardised(X, reference: Reference, centre) -> np.ndarray:
+    """Each window against ``centre`` in reference units; a value the window lacks (or a
+    non-positive one of a log feature) reads as the centre: a function of that window
+    alone, so the clipping bounds it like any other."""
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
-        T = np.where(summary.log, np.log10(np.where(X > 0, X, np.nan)), X)
-    Z = np.nan_to_num((T - summary.location) / summary.scale, nan=0.0, posinf=0.0, neginf=0.0)
-    norms = np.linalg.norm(Z, axis=1, keepdims=True)
-    level = (Z * np.minimum(1.0, clip / np.maximum(norms, 1e-300))).mean(axis=0)
-    # mean |z| of a normal variable is sqrt(2/pi): the scale stays a standard deviation
-    spread = np.minimum(np.abs(Z), clip).mean(axis=0) / math.sqrt(2.0 / math.pi)
-    return MemberSummary(summary.class_name, summary.machine, summary.feature_names, len(X),
-                         summary.location + level * summary.scale,
-                         summary.scale * np.maximum(spread, 0.1), summary.log,
-                         summary.ae_weights)
+        T = np.where(reference.log, np.log10(np.where(X > 0, X, np.nan)), X)
+        Z = (T - centre) / reference.unit
+    return np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def clipped_level(X, reference: Reference, clip: float) -> np.ndarray:
+    """The level mechanism before noise: the mean standardised window, each value
+    clipped to ``±clip`` (so each window's L2 norm is at most ``clip * sqrt(d)``)."""
+    return np.clip(_standardised(X, reference, reference.location), -clip, clip).mean(axis=0)
+
+
+def clipped_deviation(X, reference: Reference, location, clip: float) -> np.ndarray:
+    """The scale mechanism before noise: the mean absolute deviation of the windows from
+    ``location`` (the level already released), in reference units, each value clipped
+    to ``clip``."""
+    return np.minimum(np.abs(_standardised(X, reference, location)), clip).mean(axis=0)
+
+
+def private_summary(X, reference: Reference, *, class_name: str, machine: str,
+                    noise_multiplier: float, clip: float, rng: np.random.Generator,
+                    names=None) -> MemberSummary:
+    """A channel's summary from its baseline windows ``X`` (rows in
+    ``reference.feature_names`` order), by the two Gaussian mechanisms of the module
+    docstring; ``names`` (default the reference's) are the features' names in the
+    summary (qualified by channel). Spend ``MECHANISMS_PER_RELEASE`` events of
+    ``noise_multiplier`` on the accountant for it.
+
+    >>> ref = Reference(("rms_g",), np.array([-1.0]), np.array([0.05]), np.array([True]), "t")
+    >>> X = 10 ** np.random.default_rng(0).normal(-0.98, 0.02, (200, 1))
+    >>> s = private_summary(X, ref, class_name="c", machine="m", noise_multiplier=1.0,
+    ...                     clip=3.0, rng=np.random.default_rng(1))
+    >>> round(float(s.location[0]), 2), s.windows, s.ae_weights is None
+    (-0.98, 200, True)
+    """
+    if noise_multiplier <= 0 or clip <= 0:
+        raise ValueError("noise_multiplier and clip must be positive")
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    n, d = X.shape
+    if d != len(reference.feature_names):
+        raise ValueError(f"X has {d} features, the reference {len(reference.feature_names)}")
+    sigma = noise_multiplier * sensitivity(n, d, clip)
+    level = clipped_level(X, reference, clip) + rng.normal(0.0, sigma, d)
+    location = reference.location + level * reference.unit
+    mean_abs = clipped_deviation(X, reference, location, clip) + rng.normal(0.0, sigma, d)
+    names = tuple(names or reference.feature_names)
+    # Post-processing (no privacy cost). The capped means are kept as they are, not read
+    # back through a normal model: that would give the heavy healthy tails (transients)
+    # back the weight the median and MAD deny them, and benchmarks/fleet.py measured it
+    # worse. The baseline's own floors (models.baseline) apply.
+    floor = np.where(reference.log,
+                     LOG_SCALE_FLOOR * np.array([2.0 if is_power(f) else 1.0 for f in names]),
+                     np.maximum(0.01 * np.abs(location), 1e-9))
+    scale = np.maximum(np.maximum(mean_abs, 0.0) * MEAN_ABS_TO_SIGMA * reference.unit, floor)
+    return MemberSummary(class_name, machine, names, n, location, scale, reference.log, None)
 
 
 def privatise(summary: MemberSummary, *, noise_multiplier: float, clip: float,
               rng: np.random.Generator) -> MemberSummary:
-    """``summary`` with Gaussian noise calibrated to one window's clipped contribution.
+    """The bootstrap release (no public reference yet): ``summary`` with the noise
+    :func:`private_summary` would add, around the machine's own median and in its own
+    scales. Not an exact guarantee (see the module docstring).
 
-    Level: ``+ N(0, (noise_multiplier * clip / n)^2)`` scales per feature; scale:
-    multiplied by ``exp`` of the same noise (a relative error, so it stays
-    positive). The autoencoder weights are removed. Spend
-    ``MECHANISMS_PER_RELEASE`` events of ``noise_multiplier`` on the accountant
-    for each release.
+    Level: ``+ N(0, (noise_multiplier * Δ)^2)`` scales per feature; scale: multiplied
+    by ``exp`` of the same noise (a relative error, so it stays positive). The
+    autoencoder weights are removed.
 
     >>> m = MemberSummary("c", "m", ("rms_g",), 100, [-1.0], [0.02], [True])
     >>> p = privatise(m, noise_multiplier=1.0, clip=3.0, rng=np.random.default_rng(0))
@@ -83,11 +182,54 @@ def privatise(summary: MemberSummary, *, noise_multiplier: float, clip: float,
     """
     if noise_multiplier <= 0 or clip <= 0:
         raise ValueError("noise_multiplier and clip must be positive")
-    sigma = noise_multiplier * clip / max(int(summary.windows), 1)
     d = len(summary.feature_names)
+    sigma = noise_multiplier * sensitivity(summary.windows, d, clip)
     level = summary.location + rng.normal(0.0, sigma, d) * summary.scale
     scale = summary.scale * np.exp(rng.normal(0.0, sigma, d))
     return replace(summary, location=level, scale=scale, ae_weights=None)
+
+
+def release(detectors: dict, prior, *, class_name: str, machine: str, noise_multiplier: float,
+            clip: float, rng: np.random.Generator, bootstrap: bool = True):
+    """What a machine shares, privatised: ``(summary, how, mechanisms)``, or ``None``
+    (nothing fitted, or no prior and not ``bootstrap``).
+
+    ``detectors`` maps each channel (``None`` for a machine's only, unnamed one) to its
+    :class:`~edge_agent.models.detector.ChannelDetector`; ``prior`` is the verified prior
+    the machine uses, or ``None``. Each channel is one release of the two mechanisms:
+    exact, against ``prior``'s public reference, when every channel has one; else the
+    bootstrap release. ``how`` is ``{"exact", "reference"}`` for the update document;
+    spend ``mechanisms`` events of ``noise_multiplier`` on the accountant.
+    """
+    from edge_agent.models.prior import (baseline_windows, merge_channels, qualified,
+                                         summary_from_detector)
+
+    noise = {"noise_multiplier": noise_multiplier, "clip": clip, "rng": rng}
+    exact, source = {}, None
+    for channel, det in detectors.items():
+        rows = baseline_windows(det)
+        part = None if prior is None or rows is None else prior.for_channel(channel)
+        ref = None if part is None else Reference.from_prior(part, rows[0])
+        if ref is None:
+            exact = None
+            break
+        source = ref.source
+        exact[channel] = private_summary(rows[1], ref, class_name=class_name, machine=machine,
+                                         names=[qualified(channel, n) for n in rows[0]],
+                                         **noise)
+    if exact:
+        return (merge_channels(exact), {"exact": True, "reference": source},
+                MECHANISMS_PER_RELEASE * len(exact))
+    if not bootstrap:
+        return None
+    parts = {channel: summary_from_detector(det, class_name=class_name, machine=machine,
+                                            channel=channel, with_autoencoder=False)
+             for channel, det in detectors.items()}
+    parts = {c: privatise(s, **noise) for c, s in parts.items() if s is not None}
+    if not parts:
+        return None
+    return (merge_channels(parts), {"exact": False, "reference": None},
+            MECHANISMS_PER_RELEASE * len(parts))
 
 
 class PrivacyAccountant:

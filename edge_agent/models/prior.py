@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["FleetPrior", "MemberSummary", "qualified", "summary_from_detector",
-           "summary_from_windows", "merge_channels"]
+__all__ = ["FleetPrior", "MemberSummary", "baseline_windows", "qualified",
+           "summary_from_detector", "summary_from_windows", "merge_channels"]
 
 #: Separates a channel from a feature in a machine's summary ("horizontal/rms_g"): a class
 #: has the same sensors on every member, and each channel has its own healthy levels.
@@ -205,6 +205,22 @@ def _ae_weights(ae) -> list[np.ndarray] | None:
             np.array(mlp.coefs_[1]), np.array(mlp.intercepts_[1])]
 
 
+def _main_regime(detector):
+    """The regime fitted on most windows: it stands for the machine (a class shares one
+    speed regime); ``None`` while no regime is fitted."""
+    fitted = [m for m in detector.models.values() if m.fitted]
+    return max(fitted, key=lambda m: m.baseline.n_windows_) if fitted else None
+
+
+def baseline_windows(detector) -> tuple[tuple[str, ...], np.ndarray] | None:
+    """``(feature names, windows)``: the raw baseline windows (rows) of the regime
+    :func:`summary_from_detector` summarises, for a privatised summary
+    (:func:`edge_agent.fleet.privacy.private_summary`); ``None`` while none is fitted."""
+    model = _main_regime(detector)
+    rows = None if model is None else getattr(model.baseline, "training_", None)
+    return None if rows is None else (tuple(model.names), np.asarray(rows))
+
+
 def summary_from_detector(detector, *, class_name: str, machine: str, channel: str | None = None,
                           with_autoencoder: bool = True) -> MemberSummary | None:
     """The summary of a fitted :class:`edge_agent.models.detector.ChannelDetector`.
@@ -213,10 +229,9 @@ def summary_from_detector(detector, *, class_name: str, machine: str, channel: s
     speed regime); ``None`` while no regime is fitted. The location is the
     commissioning centre (what the baseline was fitted on, not where it adapted to).
     """
-    fitted = [m for m in detector.models.values() if m.fitted]
-    if not fitted:
+    model = _main_regime(detector)
+    if model is None:
         return None
-    model = max(fitted, key=lambda m: m.baseline.n_windows_)
     b = model.baseline
     weights = _ae_weights(model.learners[4]) if with_autoencoder else None
     return MemberSummary(class_name, machine, tuple(qualified(channel, n) for n in model.names),

@@ -34,11 +34,15 @@ class FleetConfig:
     delta : float
         The δ of the privacy guarantee.
     noise_multiplier : float
-        Gaussian noise standard deviation as a multiple of the clip (per-window contribution
-        bound): larger is more private and less useful.
+        Gaussian noise standard deviation as a multiple of one window's largest influence
+        on what is shared: larger is more private and less useful.
     clip : float
-        One window's contribution to a shared level is bounded by this many baseline
-        scales (:func:`edge_agent.fleet.privacy.privatise`).
+        One window's contribution is clipped to this many reference units per feature (an
+        L2 norm of ``clip * sqrt(features)``; :mod:`edge_agent.fleet.privacy`).
+    share_before_prior : bool
+        Share a bootstrap update before the class has a prior to standardise against (its
+        guarantee is not exact, and it says so); ``false``: share only once a prior is
+        applied, every update then exactly (ε, δ)-private.
     max_update_bytes : int
         An update larger than this is not published (counted as ``too_large``).
     """
@@ -50,4 +54,5 @@ class FleetConfig:
     delta: float = 1e-05
     noise_multiplier: float = 4.0
     clip: float = 3.0
+    share_before_prior: bool = True
     max_update_bytes: int = MAX_UPDATE_BYTES
