@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import evaluate  # noqa: E402
 from edge_agent.fleet.aggregate import aggregate  # noqa: E402
 from edge_agent.fleet.offline import (fitted_pipeline, member_detectors,  # noqa: E402
-                                      member_from_records)
+                                      member_from_pipeline)
 from edge_agent.fleet import privacy  # noqa: E402
 from edge_agent.models.baseline import is_power  # noqa: E402
 from edge_agent.models.detector import DetectorConfig  # noqa: E402
@@ -114,8 +114,8 @@ class Study:
         config = DetectorConfig()
         self.pipelines = {name: fitted_pipeline(recs, config=config)
                           for name, recs in self.records.items()}
-        self.members = {name: member_from_records(recs, class_name=CLASS, config=config)
-                        for name, recs in self.records.items()}
+        self.members = {name: member_from_pipeline(pipeline, class_name=CLASS)
+                        for name, pipeline in self.pipelines.items()}
 
     def shared(self, name: str, prior, rng):
         """What member ``name``'s agent would share, privatised with the defaults

@@ -39,7 +39,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from edge_agent.models.baseline import MAD_TO_SIGMA, is_power
+from edge_agent.models.baseline import MAD_TO_SIGMA, log_order
 from edge_agent.models.prior import FleetPrior, MemberSummary
 
 METHODS = ("median", "trimmed_mean")
@@ -190,7 +190,7 @@ def aggregate(summaries: Sequence[MemberSummary], *, class_name: str, version: i
     L = np.array([[s.location[i] for s, i in zip(summaries, rows[n])] for n in names]).T
     S = np.array([[s.scale[i] for s, i in zip(summaries, rows[n])] for n in names]).T
     log = np.array([bool(first.log[rows[n][0]]) for n in names])
-    order = np.array([2.0 if is_power(n) else 1.0 for n in names])
+    order = log_order(names)
     excluded = [] if outlier_ratio is None else outliers(L, log, order, outlier_ratio)
     if excluded:
         keep = [i for i in range(len(summaries)) if i not in excluded]

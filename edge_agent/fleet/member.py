@@ -143,11 +143,14 @@ class FleetMember:
 
     def _due(self, machine: str, now: float) -> bool:
         m = self.machines[machine]
-        return (self.settings.share and self.fitted(machine)
-                and (self.settings.share_before_prior or machine in self.agent.pipeline.priors)
+        return (self.settings.share and self.fitted(machine) and not self._waiting_prior(machine)
                 and (m["last_publish_s"] is None
                      or now - m["last_publish_s"] >= self.settings.publish_every_s)
                 and not m["exhausted"])
+
+    def _waiting_prior(self, machine: str) -> bool:
+        """Without a prior, ``machine`` shares nothing (``share_before_prior`` off)."""
+        return not self.settings.share_before_prior and machine not in self.agent.pipeline.priors
 
     def release(self, machine: str):
         """What ``machine`` would share now (:func:`edge_agent.fleet.privacy.release`)."""
@@ -168,13 +171,13 @@ class FleetMember:
         if released is None:
             return None
         shared, how, mechanisms = released
-        acc = m["accountant"]
-        if acc.would_exceed(f.noise_multiplier, mechanisms):
-            m["mechanisms"] = mechanisms
+        m["mechanisms"] = mechanisms  # the budget check of _due counts these from now on
+        try:
+            m["accountant"].spend(f.noise_multiplier, mechanisms)
+        except RuntimeError:  # more channels than the last release: this one would pass it
             self._account(m)
             return None
-        acc.spend(f.noise_multiplier, mechanisms)
-        m["mechanisms"], m["privacy"] = mechanisms, "exact" if how["exact"] else "bootstrap"
+        m["privacy"] = "exact" if how["exact"] else "bootstrap"
         self._account(m)
         epsilon = m["epsilon"]
         doc = update_to_doc(shared, agent=self.agent.config.id, created_s=now, privacy={
@@ -286,8 +289,7 @@ class FleetMember:
         for machine, m in sorted(self.machines.items()):
             sharing = ("off" if not f.share else "budget_spent" if m["exhausted"] else
                        "waiting_baseline" if not self.fitted(machine) else
-                       "waiting_prior" if not f.share_before_prior
-                       and machine not in self.agent.pipeline.priors else "on")
+                       "waiting_prior" if self._waiting_prior(machine) else "on")
             machines[machine] = {"class": m["class"], "prior_version": m["applied"],
                                  "prior_role": m["role"], "sharing": sharing,
                                  "epsilon": round(m["epsilon"], 6), "privacy": m["privacy"],

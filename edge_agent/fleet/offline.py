@@ -20,7 +20,14 @@ def member_from_records(records: Iterable, *, class_name: str, config: DetectorC
                         source: str = "the recording") -> MemberSummary:
     """The summary of the machine of ``records`` (``(index, FeatureRecord)`` pairs of one
     machine), once every channel seen has fitted its baseline; reading stops there."""
-    pipeline = fitted_pipeline(records, config=config, source=source)
+    return member_from_pipeline(fitted_pipeline(records, config=config, source=source),
+                                class_name=class_name, machine=machine,
+                                with_autoencoder=with_autoencoder)
+
+
+def member_from_pipeline(pipeline: Pipeline, *, class_name: str, machine: str | None = None,
+                         with_autoencoder: bool = True) -> MemberSummary:
+    """The summary of the one machine of a :func:`fitted_pipeline`."""
     name = machine or next(iter(pipeline.detectors))[0]
     return merge_channels({ch: summary_from_detector(d, class_name=class_name, machine=name,
                                                      channel=ch,

@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edge_agent.fleet._deps import need
-from edge_agent.models.baseline import LOG_SCALE_FLOOR, is_power
+from edge_agent.models.baseline import log_order, scale_floor
 from edge_agent.models.prior import MemberSummary
 
 #: Gaussian mechanisms per channel and release: the level and the scale.
@@ -158,9 +158,7 @@ def private_summary(X, reference: Reference, *, class_name: str, machine: str,
     # back through a normal model: that would give the heavy healthy tails (transients)
     # back the weight the median and MAD deny them, and benchmarks/fleet.py measured it
     # worse. The baseline's own floors (models.baseline) apply.
-    floor = np.where(reference.log,
-                     LOG_SCALE_FLOOR * np.array([2.0 if is_power(f) else 1.0 for f in names]),
-                     np.maximum(0.01 * np.abs(location), 1e-9))
+    floor = scale_floor(reference.log, log_order(names), location)
     scale = np.maximum(np.maximum(mean_abs, 0.0) * MEAN_ABS_TO_SIGMA * reference.unit, floor)
     return MemberSummary(class_name, machine, names, n, location, scale, reference.log, None)
 

@@ -45,6 +45,22 @@ def is_power(name: str) -> bool:
     return "_g2" in name or "energy" in name
 
 
+def log_order(names) -> np.ndarray:
+    """log10 units per log10 of amplitude of each feature: 2 for a power (see
+    :func:`is_power`), 1 otherwise.
+
+    >>> log_order(["rms_g", "psd_mean_g2_hz"]).tolist()
+    [1.0, 2.0]
+    """
+    return np.array([2.0 if is_power(n) else 1.0 for n in names])
+
+
+def scale_floor(log, order, centre) -> np.ndarray:
+    """Smallest scale of each feature: the repeatability limit for a log10 feature
+    (:data:`LOG_SCALE_FLOOR` per amplitude order), 1 % of the centre otherwise."""
+    return np.where(log, LOG_SCALE_FLOOR * order, np.maximum(0.01 * np.abs(centre), 1e-9))
+
+
 class Baseline:
     """Robust per-feature statistics with protected adaptation.
 
@@ -70,7 +86,7 @@ class Baseline:
         self.names = list(names)
         self.directions = list(directions or ["both"] * len(self.names))
         #: log10 units per log10 of amplitude: 2 for power-like features.
-        self.order_ = np.array([2.0 if is_power(n) else 1.0 for n in self.names])
+        self.order_ = log_order(self.names)
         self.adapt_rate = adapt_rate
         self.adapt_down_rate = adapt_down_rate
         self.drift_budget = drift_budget
@@ -100,8 +116,7 @@ class Baseline:
         T = self._transform(X)
         self.center0_ = np.nanmedian(T, axis=0)
         mad = np.nanmedian(np.abs(T - self.center0_), axis=0) * MAD_TO_SIGMA
-        floor = np.where(self.log_, LOG_SCALE_FLOOR * self.order_,
-                         np.maximum(0.01 * np.abs(self.center0_), 1e-9))
+        floor = scale_floor(self.log_, self.order_, self.center0_)
         self.scale_ = np.maximum(np.nan_to_num(mad, nan=0.0), floor)
         self.center0_ = np.nan_to_num(self.center0_, nan=0.0)
         self.commissioned_ = self.center0_.copy()

@@ -25,7 +25,7 @@ from collections import deque
 
 import numpy as np
 
-from edge_agent.models.baseline import is_power
+from edge_agent.models.baseline import log_order
 from edge_agent.models.prior import FleetPrior
 from edge_agent.models.verdict import Contribution, Verdict
 
@@ -84,7 +84,7 @@ class PriorMonitor:
         self.scale_ = np.where(self.known_, prior.widened_scale()[take], 1.0)
         self.log_ = np.where(self.known_, prior.log[take], False)
         self.up_ = np.array([d == "up" for d in directions]) & self.known_
-        self.order_ = np.array([2.0 if is_power(n) else 1.0 for n in names])
+        self.order_ = log_order(names)
         self.version = prior.version
         self.config = config
         self.n_known_ = int(self.known_.sum())
