@@ -183,8 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_alerts_parser(sub).set_defaults(func=_cmd_alerts)
     add_report_parser(sub).set_defaults(func=report_command)
-    from edge_agent.fleet.aggregator import add_aggregate_parser
-    from edge_agent.fleet.command import add_fleet_parser
+    from edge_agent.fleet.command import add_aggregate_parser, add_fleet_parser
 
     add_fleet_parser(sub, input_options=_add_input_options, ranged=_ranged,
                      extra=(add_aggregate_parser,))

@@ -187,6 +187,7 @@ trust_key = "{pub}"
 publish_every_s = 2.0
 epsilon_budget = 200.0
 noise_multiplier = 4.0
+share_before_prior = true  # the fleet forms from the members' updates, not commissioning
 
 {machines}
 """

@@ -115,8 +115,16 @@ def send(member, topic, doc):
 
 
 # -- sharing ------------------------------------------------------------------------------------
-def test_an_update_is_privatised_accounted_bounded_and_queued_in_the_outbox(fitted):
-    agent, link, member, clock = fitted
+@pytest.fixture
+def bootstrapping(tmp_path, keys):
+    """A member that shares before its class has a prior (``share_before_prior = true``)."""
+    agent, link, member, clock = member_for(tmp_path, keys, share_before_prior="true")
+    yield agent, link, member, clock
+    link.close(drain_s=0)
+
+
+def test_an_update_is_privatised_accounted_bounded_and_queued_in_the_outbox(bootstrapping):
+    agent, link, member, clock = bootstrapping
     assert member.fitted(MACHINE) and not member.fitted(OTHER)
     member.tick()
     pending = link.outbox.pending()
@@ -145,7 +153,7 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
     from dp_accounting import GaussianDpEvent, rdp
 
     agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=5.0,
-                                            noise_multiplier=4.0)
+                                            noise_multiplier=4.0, share_before_prior="true")
     try:
         for _ in range(20):
             member.tick()
@@ -160,7 +168,7 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
         link.close(drain_s=0)
         # the budget is not reset by a restart
         agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=5.0,
-                                                noise_multiplier=4.0)
+                                                noise_multiplier=4.0, share_before_prior="true")
         member.tick()
         assert member.status()["machines"][MACHINE]["sharing"] == "budget_spent"
         assert len(link.outbox.pending()) == sent
@@ -168,7 +176,7 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
         link.close(drain_s=0)
         # nor by raising the budget: what was spent counts against the new one
         agent, link, member, clock = member_for(tmp_path, keys, epsilon_budget=5.5,
-                                                noise_multiplier=4.0)
+                                                noise_multiplier=4.0, share_before_prior="true")
         assert member.status()["machines"][MACHINE]["epsilon"] == pytest.approx(spent)
         for _ in range(20):
             member.tick()
@@ -184,9 +192,8 @@ def test_sharing_stops_at_the_privacy_budget_with_the_libraries_epsilon(tmp_path
 
 
 # -- receiving ----------------------------------------------------------------------------------
-def test_with_a_prior_updates_are_exact_against_it_and_a_member_may_wait_for_one(tmp_path,
-                                                                                 keys):
-    agent, link, member, clock = member_for(tmp_path, keys, share_before_prior="false")
+def test_by_default_a_member_waits_for_a_prior_then_shares_exactly_against_it(tmp_path, keys):
+    agent, link, member, clock = member_for(tmp_path, keys)  # share_before_prior's default
     try:
         member.tick()
         assert link.outbox.pending() == []

@@ -13,7 +13,10 @@ it aggregates them robustly, one vote per gateway
 :func:`edge_agent.fleet.aggregate.aggregate`), signs the prior with the fleet
 key and starts its staged rollout (:mod:`edge_agent.fleet.rollout`): the candidate
 retained on ``…/fleet/<class>/candidate``, the stable version on ``…/fleet/<class>/prior``,
-the signed rollout document on ``…/fleet/<class>/rollout``.
+the signed rollout document on ``…/fleet/<class>/rollout``. A prior commissioned from
+recordings (``edge-agent fleet prior``, listed in ``[aggregator] commissioning``) starts a
+class: it is the stable version of a class that has none, so its machines share exactly
+private updates against it from their first (:mod:`edge_agent.fleet.privacy`).
 
 A redundant pair shares what each receives on the *member board*, retained on
 ``…/fleet/<class>/members/<agent>/<machine>`` (aggregators only), so both hold every
@@ -69,6 +72,7 @@ class Aggregator:
         self.refused: Counter = Counter()
         self.peers_online: dict[str, bool] = {}
         self._load()
+        self._commissioned = [self._read_commissioning(path) for path in a.commissioning]
         self._inbox: queue.Queue = queue.Queue(maxsize=100_000)
         self.outbox = Outbox(a.state_dir / "outbox.sqlite")
         self.publisher = Publisher(config.mqtt, self.outbox, self.topics, a.id)
@@ -234,12 +238,57 @@ class Aggregator:
             return
         self.priors.setdefault(prior.class_name, {})[prior.version] = doc
 
+    # -- commissioning -----------------------------------------------------------------------
+    def _read_commissioning(self, path) -> tuple[str, dict]:
+        """``(source, signed document)`` of a commissioned prior, verified against the fleet
+        key; a ConfigError (exit 2) naming the file and the reason (``signature``...)."""
+        from edge_agent.fleet.document import verify_prior
+        from edge_agent.runtime.toml_build import ConfigError
+
+        where = f"aggregator.commissioning: {path}"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            prior = verify_prior(doc, self.key.public_key(), class_name=doc.get("class") or "")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read it ({exc.strerror})") from None
+        except (ValueError, AttributeError) as exc:
+            raise ConfigError(f"{where}: not a prior document ({exc})") from None
+        except PriorRefused as exc:
+            raise ConfigError(f"{where}: refused ({exc.reason}): {exc.detail}") from None
+        classes = self.config.aggregator.classes
+        if classes and prior.class_name not in classes:
+            raise ConfigError(f"{where}: class {prior.class_name!r} is not in "
+                              f"aggregator.classes")
+        return path.name, doc
+
+    def commission(self, now: float) -> None:
+        """Adopt each commissioned prior not adopted yet (:meth:`Rollout.commission`); one
+        that is not newer than the class's versions is skipped, with a warning unless it is
+        the very document adopted before (a restart)."""
+        for source, doc in self._commissioned:
+            cls, version = doc["class"], int(doc["version"])
+            rollout = self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout))
+            versions = self.priors.setdefault(cls, {})
+            if version <= rollout.highest:
+                if versions.get(version, {}).get("signature") != doc.get("signature"):
+                    log.warning("commissioned prior not adopted: not newer", extra={
+                        "event": "fleet_commissioning_skipped", "class": cls,
+                        "version": version, "highest": rollout.highest, "file": source})
+                continue
+            versions[version] = doc
+            rollout.commission(version, now_s=now, source=source,
+                               members=list(self.members.get(cls, {})))
+            self._publish(cls, now)
+
     # -- building and publishing -------------------------------------------------------------
     def tick(self) -> None:
         """Build what is due, judge trials that are over (the main loop calls it)."""
         if not self.leader:
             return
         now, a = self.clock(), self.config.aggregator
+        if self._commissioned:
+            self.commission(now)
+            self._commissioned = []
         for cls in sorted(self.dirty):
             members = self.members.get(cls, {})
             due = cls not in self.built_s or now - self.built_s[cls] >= a.aggregate_every_s
@@ -341,39 +390,4 @@ class Aggregator:
             self.publisher.publish_agent_status(fleet=self.status())
             self.publisher.close(drain_s=2.0)
             self.outbox.close()
-
-
-def add_aggregate_parser(fleet_sub):
-    """``edge-agent fleet aggregate`` under the ``fleet`` command's sub-parsers."""
-    p = fleet_sub.add_parser(
-        "aggregate", help="collect members' updates, publish signed priors (a service)",
-        description="Collects the member updates of the site on the broker, aggregates each "
-                    "class robustly, signs the prior with the fleet key and rolls it out in "
-                    "stages (canaries first). MQTT is its only peer. Stops on SIGTERM or "
-                    "Ctrl-C. Exit 2 on a configuration error.")
-    p.add_argument("--config", required=True, metavar="FILE", help="fleet.toml (docs/fleet.md)")
-    p.set_defaults(func=aggregate_command)
-    return p
-
-
-def aggregate_command(args) -> int:
-    """``edge-agent fleet aggregate --config fleet.toml``: run until SIGTERM or SIGINT."""
-    import signal
-
-    from edge_agent.fleet.aggregator_config import load_fleet_config
-    from edge_agent.logs import setup_logging
-
-    config = load_fleet_config(args.config)
-    setup_logging("info")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    aggregator = Aggregator(config)
-    log.info("fleet aggregator starting", extra={
-        "event": "start", "aggregator": config.aggregator.id,
-        "broker": f"{config.mqtt.host}:{config.mqtt.broker_port}",
-        "share_group": config.aggregator.share_group, "leader": aggregator.leader})
-    aggregator.run(stop)
-    log.info("fleet aggregator stopped", extra={"event": "stop"})
-    return 0
 

@@ -44,6 +44,7 @@ class AggregatorConfig:
     method: str = "median"
     trim: float = 0.2
     weight_clip: float = 0.0
+    commissioning: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,4 +127,5 @@ def load_fleet_config(path) -> FleetFile:
     a = config.aggregator
     fixed = {k: (path.parent / getattr(a, k)).resolve() for k in ("state_dir", "key")
              if not getattr(a, k).is_absolute()}
+    fixed["commissioning"] = tuple((path.parent / p).resolve() for p in a.commissioning)
     return dataclasses.replace(config, aggregator=dataclasses.replace(a, **fixed))

@@ -2,7 +2,8 @@
 
 ``fleet keygen DIR`` writes the fleet's key pair; ``fleet prior RECORDING... --class
 NAME --out PRIOR.json`` aggregates healthy siblings' recordings (one member each) into
-a prior, signed with ``--key``. Each action is one ``add_*_parser(actions)`` function:
+a prior, signed with ``--key``; ``fleet aggregate --config fleet.toml`` runs the
+aggregator (:mod:`edge_agent.fleet.aggregator`). Each action is one ``add_*_parser(actions)`` function:
 :func:`add_fleet_parser` takes further ones (``fleet aggregate``) in ``extra``.
 """
 
@@ -141,3 +142,41 @@ def load_verified_prior(path, trust_key, *, class_name=None):
         return verify_prior(doc, public, class_name=class_name or claimed or "")
     except PriorRefused as exc:
         raise UsageError(f"--prior {path} refused ({exc.reason}): {exc.detail}") from None
+
+
+def add_aggregate_parser(fleet_sub):
+    """``edge-agent fleet aggregate`` under the ``fleet`` command's sub-parsers."""
+    p = fleet_sub.add_parser(
+        "aggregate", help="collect members' updates, publish signed priors (a service)",
+        description="Collects the member updates of the site on the broker, aggregates each "
+                    "class robustly, signs the prior with the fleet key and rolls it out in "
+                    "stages (canaries first). MQTT is its only peer. Stops on SIGTERM or "
+                    "Ctrl-C. Exit 2 on a configuration error.")
+    p.add_argument("--config", required=True, metavar="FILE", help="fleet.toml (docs/fleet.md)")
+    p.set_defaults(func=aggregate_command)
+    return p
+
+
+def aggregate_command(args) -> int:
+    """``edge-agent fleet aggregate --config fleet.toml``: run until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from edge_agent.fleet.aggregator import Aggregator, log
+    from edge_agent.fleet.aggregator_config import load_fleet_config
+    from edge_agent.logs import setup_logging
+
+    config = load_fleet_config(args.config)
+    setup_logging("info")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    aggregator = Aggregator(config)
+    log.info("fleet aggregator starting", extra={
+        "event": "start", "aggregator": config.aggregator.id,
+        "broker": f"{config.mqtt.host}:{config.mqtt.broker_port}",
+        "share_group": config.aggregator.share_group, "leader": aggregator.leader})
+    aggregator.run(stop)
+    log.info("fleet aggregator stopped", extra={"event": "stop"})
+    return 0
+

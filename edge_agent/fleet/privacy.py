@@ -24,13 +24,14 @@ a machine (two mechanisms of ``noise_multiplier`` per channel per release) is tr
 by the :class:`PrivacyAccountant` with Google's ``dp-accounting`` (Rényi DP), and the
 guarantee is exact: it holds for any windows whatsoever.
 
-Before its class has a prior, a machine has no public reference. It may then share a
-**bootstrap** update (:func:`privatise`: the same noise added around its own median
-and MAD, ``[fleet] share_before_prior``), so that a new fleet can form; one window's
-influence on a median is bounded in practice (one order statistic's gap) but not in
-the worst case, so such an update says ``"exact": false`` and its ε is not a
-guarantee. With ``share_before_prior = false`` a machine shares nothing until a prior
-(from commissioning, ``edge-agent fleet prior``, or from other members) is applied.
+Before its class has a prior, a machine has no public reference, and by default
+(``[fleet] share_before_prior = false``) it shares nothing until a prior (commissioned
+with ``edge-agent fleet prior`` and adopted by the aggregator, or made from other
+members' updates) is applied. With ``share_before_prior = true`` it may share a
+**bootstrap** update (:func:`privatise`: the same noise added around its own median and
+MAD), so that a fleet can form without commissioning; one window's influence on a
+median is bounded in practice (one order statistic's gap) but not in the worst case, so
+such an update says ``"exact": false`` and its ε is not a guarantee.
 
 What is *not* protected, said plainly in docs/fleet.md: the machine's class, name
 and number of windows; its healthy level as such (the point of sharing); and the

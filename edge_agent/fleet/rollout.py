@@ -166,6 +166,19 @@ class Rollout:
                             f"{len(self.canaries)} canar{'y' if len(self.canaries) == 1 else 'ies'}"
                             f" for {self.policy.promote_after_s:g} s")
 
+    def commission(self, version: int, *, now_s: float, source: str,
+                   members: Iterable[str] = ()) -> Change:
+        """Adopt a prior commissioned from recordings (``[aggregator] commissioning``): the
+        stable version of a class that has none (no machine uses a prior yet, so there is
+        no alert rate to try it on), else a candidate on trial like a built one."""
+        if self.stable is not None:
+            return self.propose(version, now_s=now_s, members=members)
+        if version <= self.highest:
+            raise RolloutError(f"version {version} is not newer than {self.highest}: "
+                               f"versions only move forward")
+        self.highest, self.stable, self.candidate = version, version, None
+        return self._change(now_s, "promoted", f"version {version} commissioned from {source}")
+
     def observe_alert(self, member: str, ts_s: float) -> None:
         """A warning or alarm of ``member`` at ``ts_s`` (its window's time)."""
         times = self._alerts.setdefault(member, [])

@@ -40,9 +40,10 @@ class FleetConfig:
         One window's contribution is clipped to this many reference units per feature (an
         L2 norm of ``clip * sqrt(features)``; :mod:`edge_agent.fleet.privacy`).
     share_before_prior : bool
-        Share a bootstrap update before the class has a prior to standardise against (its
-        guarantee is not exact, and it says so); ``false``: share only once a prior is
-        applied, every update then exactly (ε, δ)-private.
+        ``false`` (default): share only once a prior is applied (commissioned, or made from
+        other members' updates), so every update is exactly (ε, δ)-private. ``true``: share
+        a bootstrap update before the class has any prior, so that a fleet can form without
+        commissioning; its guarantee is not exact, and it says so.
     max_update_bytes : int
         An update larger than this is not published (counted as ``too_large``).
     """
@@ -54,5 +55,5 @@ class FleetConfig:
     delta: float = 1e-05
     noise_multiplier: float = 4.0
     clip: float = 3.0
-    share_before_prior: bool = True
+    share_before_prior: bool = False
     max_update_bytes: int = MAX_UPDATE_BYTES
