@@ -214,6 +214,10 @@ def run_soak(workdir: Path, *, machines: int, channels: int, duration_s: float,
             result.rss.append((time.monotonic() - started, rss_mb(agent.pid)))
             if agent.poll() is not None:
                 raise RuntimeError(f"the agent died (exit {agent.returncode})")
+        # a baseline fit waits for the learning CPU budget and runs on a window, so on a
+        # loaded machine a channel may still be learning at the end: the sensors go on
+        # until every channel's status says monitoring (bounded), as they would in a plant
+        watcher.wait_monitored(machines * channels, timeout_s=120)
         stop.set()
         feeder.join(10)
         watcher.wait_caught_up(result.sent, timeout_s=60)
@@ -256,6 +260,17 @@ class StatusWatcher:
             while time.monotonic() < deadline:
                 windows = self.docs.get(self.agent_topic, {}).get("processing", {}).get("windows", 0)
                 if windows >= 0.99 * sent:
+                    return
+                self._changed.wait(max(0.0, deadline - time.monotonic()))
+
+    def wait_monitored(self, channels: int, timeout_s: float) -> None:
+        """Until the machines' status documents show ``channels`` channels monitoring, or
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while time.monotonic() < deadline:
+                if sum(c.get("phase") == "monitoring" for t, d in self.docs.items()
+                       if t != self.agent_topic for c in d.get("channels", {}).values()) >= channels:
                     return
                 self._changed.wait(max(0.0, deadline - time.monotonic()))
 

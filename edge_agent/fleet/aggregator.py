@@ -239,8 +239,8 @@ class Aggregator:
         self.priors.setdefault(prior.class_name, {})[prior.version] = doc
 
     # -- commissioning -----------------------------------------------------------------------
-    def _read_commissioning(self, path) -> tuple[str, dict]:
-        """``(source, signed document)`` of a commissioned prior, verified against the fleet
+    def _read_commissioning(self, path) -> tuple:
+        """``(source, verified prior, signed document)`` of a commissioned prior, verified against the fleet
         key; a ConfigError (exit 2) naming the file and the reason (``signature``...)."""
         from edge_agent.fleet.document import verify_prior
         from edge_agent.runtime.toml_build import ConfigError
@@ -259,14 +259,14 @@ class Aggregator:
         if classes and prior.class_name not in classes:
             raise ConfigError(f"{where}: class {prior.class_name!r} is not in "
                               f"aggregator.classes")
-        return path.name, doc
+        return path.name, prior, doc
 
     def commission(self, now: float) -> None:
         """Adopt each commissioned prior not adopted yet (:meth:`Rollout.commission`); one
         that is not newer than the class's versions is skipped, with a warning unless it is
         the very document adopted before (a restart)."""
-        for source, doc in self._commissioned:
-            cls, version = doc["class"], int(doc["version"])
+        for source, prior, doc in self._commissioned:
+            cls, version = prior.class_name, int(prior.version)
             rollout = self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout))
             versions = self.priors.setdefault(cls, {})
             if version <= rollout.highest:

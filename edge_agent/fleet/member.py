@@ -2,10 +2,10 @@
 learned (docs/fleet.md).
 
 Sharing
-    When a machine with a ``class`` has fitted its baseline, and again at most every
-    ``[fleet] publish_every_s``, its summary (a location and scale per feature, never a
-    window: :func:`edge_agent.models.prior.summary_from_detector`) is privatised
-    (:func:`edge_agent.fleet.privacy.privatise`: clipped, Gaussian noise), the spend is
+    When a machine with a ``class`` has fitted its baseline and applied a prior (or, with
+    ``share_before_prior``, before any), and again at most every ``[fleet]
+    publish_every_s``, its summary (a location and scale per feature, never a window) is
+    privatised (:func:`edge_agent.fleet.privacy.release`: clipped, Gaussian noise), the spend is
     recorded by its :class:`~edge_agent.fleet.privacy.PrivacyAccountant`, and the update
     goes through the durable outbox, QoS 1, not retained, on
     ``<prefix>/<site>/fleet/<class>/updates/<agent>/<machine>``. An update over

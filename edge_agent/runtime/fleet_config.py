@@ -27,7 +27,8 @@ class FleetConfig:
         Publish this agent's member updates (a machine with a class still receives priors
         when ``false``).
     publish_every_s : float
-        A machine's update is published when its baseline is fitted, then at most this often.
+        A machine's update is published when its baseline is fitted and a prior applied
+        (see ``share_before_prior``), then at most this often.
     epsilon_budget : float
         The (ε, δ)-differential-privacy budget of a machine's shared updates, cumulative over
         its life; when the next update would exceed it, sharing stops (said in the status).
