@@ -123,7 +123,8 @@ class Study:
         summary, how, _ = privacy.release(
             member_detectors(self.pipelines[name]), prior, class_name=CLASS,
             machine=self.members[name].machine, rng=rng,
-            noise_multiplier=privacy.DEFAULT_NOISE_MULTIPLIER, clip=privacy.DEFAULT_CLIP)
+            noise_multiplier=privacy.DEFAULT_NOISE_MULTIPLIER, clip=privacy.DEFAULT_CLIP,
+            bootstrap=prior is None)
         assert how["exact"] == (prior is not None)
         return summary
 

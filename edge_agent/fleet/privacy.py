@@ -107,12 +107,13 @@ def sensitivity(n_windows: int, n_features: int, clip: float) -> float:
 def _standardised(X, reference: Reference, centre) -> np.ndarray:
     """Each window against ``centre`` in reference units; a value the window lacks (or a
     non-positive one of a log feature) reads as the centre: a function of that window
-    alone, so the clipping bounds it like any other."""
+    alone, so the clipping bounds it like any other. One too far off to represent is
+    infinite, and the clipping takes it to the bound like any other far-off value."""
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         T = np.where(reference.log, np.log10(np.where(X > 0, X, np.nan)), X)
         Z = (T - centre) / reference.unit
-    return np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.where(np.isnan(Z), 0.0, Z)
 
 
 def clipped_level(X, reference: Reference, clip: float) -> np.ndarray:
@@ -189,9 +190,10 @@ def privatise(summary: MemberSummary, *, noise_multiplier: float, clip: float,
 
 
 def release(detectors: dict, prior, *, class_name: str, machine: str, noise_multiplier: float,
-            clip: float, rng: np.random.Generator, bootstrap: bool = True):
+            clip: float, rng: np.random.Generator, bootstrap: bool = False):
     """What a machine shares, privatised: ``(summary, how, mechanisms)``, or ``None``
-    (nothing fitted, or no prior and not ``bootstrap``).
+    (nothing fitted, or no reference for every channel in ``prior`` and not ``bootstrap``,
+    as ``[fleet] share_before_prior`` defaults to).
 
     ``detectors`` maps each channel (``None`` for a machine's only, unnamed one) to its
     :class:`~edge_agent.models.detector.ChannelDetector`; ``prior`` is the verified prior
