@@ -224,6 +224,36 @@ def test_by_default_a_member_waits_for_a_prior_then_shares_exactly_against_it(tm
         link.close(drain_s=0)
 
 
+def test_a_prior_without_one_of_its_channels_stops_sharing_says_so_once_until_the_next(
+        tmp_path, keys, caplog):
+    from edge_agent.models.prior import summary_from_detector
+
+    agent, link, member, clock = member_for(tmp_path, keys)  # share_before_prior's default
+    try:
+        horizontal = summary_from_detector(agent.pipeline.detectors[(MACHINE, "horizontal")],
+                                           class_name=CLASS, machine=MACHINE,
+                                           channel="horizontal")
+        one_channel = sign_prior(aggregate(
+            [replace(merge_channels({"horizontal": horizontal}), machine=f"m{i}")
+             for i in range(3)], class_name=CLASS, version=1, created_s=1.7e9), keys["key"])
+        send(member, T.fleet_prior(CLASS), one_channel)
+        assert member.status()["machines"][MACHINE]["prior_version"] == 1
+        for _ in range(3):
+            member.tick()
+            clock.t += 3600
+        assert link.outbox.pending() == []  # nothing exact to share for the vertical channel
+        assert member.status()["machines"][MACHINE]["sharing"] == "prior_mismatch"
+        assert [r.version for r in caplog.records
+                if getattr(r, "event", None) == "fleet_prior_mismatch"] == [1]
+        send(member, T.fleet_prior(CLASS), signed_prior(agent, keys["key"], 2))
+        member.tick()
+        [update] = link.outbox.pending()
+        assert json.loads(update.payload)["privacy"]["reference"] == "prior v2"
+        assert member.status()["machines"][MACHINE]["sharing"] == "on"
+    finally:
+        link.close(drain_s=0)
+
+
 def test_bad_priors_are_refused_by_reason_and_counted_a_good_one_is_applied(fitted, keys):
     agent, link, member, clock = fitted
     good = signed_prior(agent, keys["key"], 1)

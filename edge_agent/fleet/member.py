@@ -84,6 +84,7 @@ class FleetMember:
                 # Gaussian mechanisms per release (two per channel), as last spent
                 "mechanisms": saved.get("mechanisms", 2), "privacy": saved.get("privacy"),
                 "role": None, "applied": None,  # applied in this process
+                "mismatched": None,  # the applied version lacks one of its channels/features
                 # what was spent stays spent when the budget or delta is changed
                 "accountant": PrivacyAccountant.from_state(
                     {**acc, "budget_epsilon": f.epsilon_budget, "delta": f.delta}) if acc
@@ -144,7 +145,7 @@ class FleetMember:
     def _due(self, machine: str, now: float) -> bool:
         m = self.machines[machine]
         return (self.settings.share and self.fitted(machine) and not self._waiting_prior(machine)
-                and (m["last_publish_s"] is None
+                and m["mismatched"] is None and (m["last_publish_s"] is None
                      or now - m["last_publish_s"] >= self.settings.publish_every_s)
                 and not m["exhausted"])
 
@@ -169,6 +170,13 @@ class FleetMember:
         cls = m["class"]
         released = self.release(machine)
         if released is None:
+            if not f.share_before_prior and m["applied"] is not None:
+                # no public reference for some channel or feature: nothing exact to share
+                # until another version is applied (said once, in the status and the log)
+                m["mismatched"] = m["applied"]
+                log.warning("fleet prior lacks a channel or feature of the machine; not sharing",
+                            extra={"event": "fleet_prior_mismatch", "machine": machine,
+                                   "class": cls, "version": m["applied"]})
             return None
         shared, how, mechanisms = released
         m["mechanisms"] = mechanisms  # the budget check of _due counts these from now on
@@ -276,6 +284,7 @@ class FleetMember:
             self.agent.pipeline.apply_prior(machine, versions[target])
             previous = m["version"]
             m["version"], m["applied"], m["role"] = target, target, role
+            m["mismatched"] = None
             log.info("fleet prior applied", extra={
                 "event": "fleet_prior_applied", "machine": machine, "class": cls,
                 "version": target, "previous": previous, "role": role,
@@ -289,7 +298,8 @@ class FleetMember:
         for machine, m in sorted(self.machines.items()):
             sharing = ("off" if not f.share else "budget_spent" if m["exhausted"] else
                        "waiting_baseline" if not self.fitted(machine) else
-                       "waiting_prior" if self._waiting_prior(machine) else "on")
+                       "waiting_prior" if self._waiting_prior(machine) else
+                       "prior_mismatch" if m["mismatched"] is not None else "on")
             machines[machine] = {"class": m["class"], "prior_version": m["applied"],
                                  "prior_role": m["role"], "sharing": sharing,
                                  "epsilon": round(m["epsilon"], 6), "privacy": m["privacy"],
