@@ -19,12 +19,21 @@ from tests.test_fleet_exchange import (CLASS, FLEET_TOML, MACHINE, T, Clock, fit
                                        keys, own_summary, send, signed_prior, update)
 
 
-def aggregator_with(tmp_path, keys, *files, state="agg"):  # noqa: F811
+def aggregator_with(tmp_path, keys, *files, state="agg", extra=""):  # noqa: F811
     path = tmp_path / "fleet.toml"
     listed = ", ".join(f'"{f}"' for f in files)
     path.write_text(FLEET_TOML.format(state=tmp_path / state, key=keys["key_path"])
-                    .replace("[rollout]", f"commissioning = [{listed}]\n[rollout]"))
+                    .replace("[rollout]", f"commissioning = [{listed}]\n{extra}[rollout]"))
     return load_fleet_config(path)
+
+
+def alert(agg, agent, machine):
+    agg.handle(("alert", f"plant/site1/line-3/{machine}/alerts", json.dumps(
+        {"agent": agent, "machine": machine, "severity": "warning"}).encode()))
+
+
+def events(caplog, name):
+    return [r for r in caplog.records if getattr(r, "event", None) == name]
 
 
 def retained(agg, topic):
@@ -103,5 +112,62 @@ def test_a_commissioned_prior_that_does_not_verify_or_is_not_newer_is_not_adopte
         assert agg.priors[CLASS][1] == made and agg.rollouts[CLASS].candidate == 1
         assert [r.event for r in caplog.records if hasattr(r, "event")].count(
             "fleet_commissioning_skipped") == 1
+    finally:
+        agg.outbox.close()
+
+
+def test_a_version_commissioned_beside_a_stable_one_is_tried_against_the_alerts_before_a_restart(
+        fitted, keys, tmp_path, caplog):  # noqa: F811
+    agent = fitted[0]
+    for v in (1, 2):
+        (tmp_path / f"c{v}.json").write_text(json.dumps(signed_prior(agent, keys["key"], v)))
+    clock = Clock()
+    agg = Aggregator(aggregator_with(tmp_path, keys, "c1.json"), clock=clock)
+    try:
+        agg.tick()
+        for i in range(2):  # fewer than min_members: nothing is built
+            agg.handle(("update",) + update(own_summary(agent), f"gw-{i}", f"m{i}", clock.t))
+        for _ in range(4):  # the canary's alerts in the 40 s before a restart
+            clock.t += 10
+            alert(agg, "gw-0", "m0")
+        agg._save()  # (the service saves them with its status, at most every 5 s)
+        agg.outbox.close()
+        clock.t += 1
+        # the restart lists the next commissioned version: a candidate on trial on the canary
+        agg = Aggregator(aggregator_with(tmp_path, keys, "c1.json", "c2.json"), clock=clock)
+        agg.tick()
+        rollout = agg.rollouts[CLASS]
+        assert (rollout.stage, rollout.stable, rollout.candidate) == ("canary", 1, 2)
+        assert rollout.reason.startswith("version 2 on trial on 1 canary")
+        for _ in range(3):  # as many as before, at the same rate: not worse (1.5 x 4 allowed)
+            clock.t += 10
+            alert(agg, "gw-0", "m0")
+        clock.t += 21
+        agg.tick()
+        assert (rollout.stage, rollout.stable, rollout.candidate) == ("promoted", 2, None)
+        assert "canary alerts 3 in 51 s against 4 before" in rollout.reason
+        # c1, adopted before the restart, was neither adopted again nor warned about
+        assert events(caplog, "fleet_commissioning_skipped") == []
+        assert [r.stage for r in rollout.history] == ["promoted", "canary", "promoted"]
+    finally:
+        agg.outbox.close()
+
+
+def test_commissioning_refuses_a_class_not_aggregated_and_a_rollback_below_it(
+        fitted, keys, tmp_path, caplog):  # noqa: F811
+    agent = fitted[0]
+    (tmp_path / "fan.json").write_text(json.dumps(signed_prior(agent, keys["key"], 1,
+                                                               class_name="fan-9")))
+    with pytest.raises(ConfigError, match=r"fan\.json: class 'fan-9' is not in aggregator"):
+        Aggregator(aggregator_with(tmp_path, keys, "fan.json", extra=f'classes = ["{CLASS}"]\n'))
+    (tmp_path / "c1.json").write_text(json.dumps(signed_prior(agent, keys["key"], 1)))
+    agg = Aggregator(aggregator_with(tmp_path, keys, "c1.json"), clock=Clock())
+    try:
+        agg.tick()
+        seq = agg.rollouts[CLASS].seq
+        agg.handle(("rollback", f"plant/site1/fleet/{CLASS}/cmd/fleet-rollback", b""))
+        [refused] = events(caplog, "fleet_rollback_refused")
+        assert "no earlier version to roll back to (stable 1)" in refused.reason
+        assert agg.rollouts[CLASS].seq == seq and agg.rollouts[CLASS].stable == 1
     finally:
         agg.outbox.close()

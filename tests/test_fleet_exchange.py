@@ -6,6 +6,7 @@ tests/test_fleet_bridge.py; the ACL in tests/test_fleet_acl.py."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import jsonschema
@@ -511,6 +512,28 @@ def test_docs_fleet_md_documents_every_fleet_toml_key_with_its_default_and_range
     assert rows == {}
 
 
+def test_a_standby_leads_only_once_it_has_heard_its_peer_or_waited_the_settle_time(keys,
+                                                                                  tmp_path):
+    from edge_agent.fleet.aggregator import PEER_SETTLE_S
+
+    text = FLEET_TOML.format(state=tmp_path / "agg-2", key=keys["key_path"]).replace(
+        'id = "fleet-agg-1"', 'id = "fleet-agg-2"\npeers = ["fleet-agg-1"]')
+    standby = Aggregator(parse_fleet_config(text), clock=Clock())
+    try:
+        assert not standby.leader  # not subscribed yet: the leader's status may be on its way
+        standby._subscribed_s = time.monotonic()
+        assert not standby.leader
+        standby._subscribed_s -= PEER_SETTLE_S  # no retained status came: the peer never ran
+        assert standby.leader
+        standby._subscribed_s = time.monotonic()
+        for status, leads in (("offline", True), ("online", False), ("offline", True)):
+            doc = json.dumps({"agent": "fleet-agg-1", "status": status}).encode()
+            standby.handle(("peer", T.agent_status("fleet-agg-1"), doc))
+            assert standby.leader is leads, status
+    finally:
+        standby.outbox.close()
+
+
 def test_a_standby_aggregator_follows_the_leader_and_takes_over_when_it_goes_offline(
         fitted, keys, tmp_path):
     agent, _, _, _ = fitted
@@ -560,7 +583,8 @@ def test_a_standby_aggregator_follows_the_leader_and_takes_over_when_it_goes_off
             agg.outbox.close()
 
 
-def test_fleet_aggregate_with_a_bad_configuration_or_key_exits_2_naming_it(tmp_path):
+def test_fleet_aggregate_with_a_bad_configuration_key_or_commissioning_file_exits_2(
+        tmp_path, keys):
     from tests.test_cli import edge_agent
 
     path = tmp_path / "fleet.toml"
@@ -572,3 +596,10 @@ def test_fleet_aggregate_with_a_bad_configuration_or_key_exits_2_naming_it(tmp_p
         "max_classes = 2", "max_classes = 0"))
     result = edge_agent("fleet", "aggregate", "--config", str(path), check=False)
     assert result.returncode == 2 and "aggregator.max_classes = 0 is out of range" in result.stderr
+    (tmp_path / "unsigned.json").write_text("{}")
+    path.write_text(FLEET_TOML.format(state=tmp_path / "agg", key=keys["key_path"]).replace(
+        "[rollout]", 'commissioning = ["unsigned.json"]\n[rollout]'))
+    result = edge_agent("fleet", "aggregate", "--config", str(path), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "aggregator.commissioning: " in result.stderr and "unsigned.json: refused (unsigned)" \
+        in result.stderr

@@ -36,6 +36,7 @@ import time
 from collections import Counter, OrderedDict
 
 from edge_agent.fleet.aggregator_config import FleetFile
+from edge_agent.fleet.commissioning import read_commissioned
 from edge_agent.fleet.document import (PriorRefused, sign_document, sign_prior, update_from_doc,
                                        update_id)
 from edge_agent.fleet.rollout import Rollout, RolloutError
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 
 #: Signed prior versions kept per class (the stable one, those a rollback returns to, a candidate).
 KEEP_VERSIONS = 8
+#: How long after its subscriptions are acknowledged an aggregator waits for the retained
+#: status of a peer before it leads (the broker sends retained messages right after the
+#: acknowledgement; a peer that never ran has none).
+PEER_SETTLE_S = 5.0
 
 
 class Aggregator:
@@ -71,8 +76,12 @@ class Aggregator:
         self.updates: Counter = Counter()  # updates taken, per class
         self.refused: Counter = Counter()
         self.peers_online: dict[str, bool] = {}
+        self.commissioned: set[str] = set()  # signatures of the commissioned priors adopted
+        self._alerts_unsaved = False  # (saved with the status, at most every 5 s)
+        self._subscribed_s: float | None = None  # (monotonic) when first subscribed
         self._load()
-        self._commissioned = [self._read_commissioning(path) for path in a.commissioning]
+        self._commissioned = [read_commissioned(path, self.key.public_key(), a.classes)
+                              for path in a.commissioning]
         self._inbox: queue.Queue = queue.Queue(maxsize=100_000)
         self.outbox = Outbox(a.state_dir / "outbox.sqlite")
         self.publisher = Publisher(config.mqtt, self.outbox, self.topics, a.id)
@@ -103,8 +112,19 @@ class Aggregator:
     # -- the leader of a redundant pair ------------------------------------------------------
     @property
     def leader(self) -> bool:
+        """No peer first in name order is online, as far as their retained statuses say.
+
+        Not before each such peer's status has come or ``PEER_SETTLE_S`` has passed since
+        the subscriptions were acknowledged: a standby started beside a running leader
+        must not publish a rollout of its own before it has heard of it.
+        """
         a = self.config.aggregator
-        return all(not self.peers_online.get(p, False) for p in a.peers if p < a.id)
+        first = [p for p in a.peers if p < a.id]
+        if any(self.peers_online.get(p, False) for p in first):
+            return False
+        return all(p in self.peers_online for p in first) or (
+            self._subscribed_s is not None
+            and time.monotonic() - self._subscribed_s >= PEER_SETTLE_S)
 
     # -- handling (the main thread) ----------------------------------------------------------
     def handle(self, item) -> None:
@@ -189,6 +209,7 @@ class Aggregator:
         for cls, members in self.members.items():
             if member in members and cls in self.rollouts:
                 self.rollouts[cls].observe_alert(member, now)
+                self._alerts_unsaved = True
 
     def _on_rollback(self, topic: str, now: float) -> None:
         try:
@@ -214,16 +235,8 @@ class Aggregator:
             doc = json.loads(payload)
             cls = doc["class"]
             verify_rollout(doc, self.key.public_key(), class_name=cls)
-            rollout = self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout))
-            if doc["seq"] > rollout.seq:
-                rollout.seq, rollout.stage, rollout.reason = doc["seq"], doc["stage"], doc["reason"]
-                rollout.stable, rollout.candidate = doc["stable"], doc["candidate"]
-                rollout.previous = list(doc.get("previous", []))
-                rollout.canaries = tuple(doc["canaries"])
-                rollout.highest = max(rollout.highest, *(v or 0 for v in
-                                                         (doc["stable"], doc["candidate"])))
-                # a trial the leader left unfinished starts over (its start is not published)
-                rollout.started_s = self.clock() if rollout.stage == "canary" else None
+            self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout)).adopt(
+                doc, now_s=self.clock())
         except (ValueError, KeyError, TypeError, PriorRefused):
             pass
 
@@ -239,43 +252,24 @@ class Aggregator:
         self.priors.setdefault(prior.class_name, {})[prior.version] = doc
 
     # -- commissioning -----------------------------------------------------------------------
-    def _read_commissioning(self, path) -> tuple:
-        """``(source, verified prior, signed document)`` of a commissioned prior, verified against the fleet
-        key; a ConfigError (exit 2) naming the file and the reason (``signature``...)."""
-        from edge_agent.fleet.document import verify_prior
-        from edge_agent.runtime.toml_build import ConfigError
-
-        where = f"aggregator.commissioning: {path}"
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            prior = verify_prior(doc, self.key.public_key(), class_name=doc.get("class") or "")
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read it ({exc.strerror})") from None
-        except (ValueError, AttributeError) as exc:
-            raise ConfigError(f"{where}: not a prior document ({exc})") from None
-        except PriorRefused as exc:
-            raise ConfigError(f"{where}: refused ({exc.reason}): {exc.detail}") from None
-        classes = self.config.aggregator.classes
-        if classes and prior.class_name not in classes:
-            raise ConfigError(f"{where}: class {prior.class_name!r} is not in "
-                              f"aggregator.classes")
-        return path.name, prior, doc
-
     def commission(self, now: float) -> None:
         """Adopt each commissioned prior not adopted yet (:meth:`Rollout.commission`); one
         that is not newer than the class's versions is skipped, with a warning unless it is
-        the very document adopted before (a restart)."""
+        the very document adopted before (by this aggregator, or by the peer it follows)."""
         for source, prior, doc in self._commissioned:
             cls, version = prior.class_name, int(prior.version)
             rollout = self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout))
             versions = self.priors.setdefault(cls, {})
+            if doc["signature"]["value"] in self.commissioned:
+                continue  # adopted before this restart
             if version <= rollout.highest:
-                if versions.get(version, {}).get("signature") != doc.get("signature"):
+                if versions.get(version, {}).get("signature") != doc["signature"]:  # (a peer's)
                     log.warning("commissioned prior not adopted: not newer", extra={
                         "event": "fleet_commissioning_skipped", "class": cls,
                         "version": version, "highest": rollout.highest, "file": source})
                 continue
             versions[version] = doc
+            self.commissioned.add(doc["signature"]["value"])
             rollout.commission(version, now_s=now, source=source,
                                members=list(self.members.get(cls, {})))
             self._publish(cls, now)
@@ -354,7 +348,10 @@ class Aggregator:
         state = {"members": {c: dict(m) for c, m in self.members.items()},
                  "rollouts": {c: r.to_dict() for c, r in self.rollouts.items()},
                  "priors": {c: {str(v): d for v, d in p.items()} for c, p in self.priors.items()},
-                 "built_s": self.built_s, "dirty": sorted(self.dirty)}
+                 "built_s": self.built_s, "dirty": sorted(self.dirty),
+                 "commissioned": sorted(self.commissioned),
+                 "alerts": {c: r.alert_times(self.clock()) for c, r in self.rollouts.items()}}
+        self._alerts_unsaved = False
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, separators=(",", ":")))
         os.replace(tmp, self.state_path)
@@ -368,6 +365,10 @@ class Aggregator:
                          for c, r in state["rollouts"].items()}
         self.priors = {c: {int(v): d for v, d in p.items()} for c, p in state["priors"].items()}
         self.built_s, self.dirty = dict(state["built_s"]), set(state["dirty"])
+        self.commissioned = set(state.get("commissioned", ()))
+        for cls, times in state.get("alerts", {}).items():
+            if cls in self.rollouts:
+                self.rollouts[cls].restore_alert_times(times)
 
     # -- the service -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -382,11 +383,17 @@ class Aggregator:
                         self.handle(self._inbox.get_nowait())
                 except queue.Empty:
                     pass
+                if self._subscribed_s is None and self.publisher.subscribed:
+                    self._subscribed_s = time.monotonic()
                 self.tick()
                 if time.monotonic() - last_status >= every:
+                    if self._alerts_unsaved:
+                        self._save()
                     self.publisher.publish_agent_status(fleet=self.status())
                     last_status = time.monotonic()
         finally:
+            if self._alerts_unsaved:
+                self._save()
             self.publisher.publish_agent_status(fleet=self.status())
             self.publisher.close(drain_s=2.0)
             self.outbox.close()

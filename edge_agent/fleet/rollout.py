@@ -186,6 +186,19 @@ class Rollout:
         if len(times) > MAX_ALERTS_PER_MEMBER:
             del times[0]
 
+    def alert_times(self, now_s: float) -> dict[str, list[float]]:
+        """The alert times that may still count in a trial (the last two trial lengths),
+        to persist: a trial started after a restart is judged against the alerts before it."""
+        since = now_s - 2 * self.policy.promote_after_s
+        return {m: t[bisect.bisect_left(t, since):] for m, t in self._alerts.items()
+                if t and t[-1] >= since}
+
+    def restore_alert_times(self, times: dict[str, list[float]]) -> None:
+        """Alert times from :meth:`alert_times` (of an earlier run), kept with those since."""
+        for member, ts in times.items():
+            for t in ts:
+                self.observe_alert(member, float(t))
+
     def alert_counts(self, now_s: float) -> tuple[int, int]:
         """The canaries' alerts ``(before, after)`` the candidate started, over equal spans."""
         start = self.started_s
@@ -226,6 +239,19 @@ class Rollout:
         return self._change(now_s, "rolled_back", f"rolled back from version {left} to "
                             f"{self.stable} (cmd/fleet-rollback)")
 
+    def adopt(self, doc: dict, *, now_s: float) -> None:
+        """Follow the verified rollout document ``doc`` of the leader of a redundant pair,
+        when it is newer; a trial it left unfinished starts over at ``now_s`` (its start is
+        not published)."""
+        if doc["seq"] <= self.seq:
+            return
+        self.seq, self.stage, self.reason = doc["seq"], doc["stage"], doc["reason"]
+        self.stable, self.candidate = doc["stable"], doc["candidate"]
+        self.previous, self.canaries = list(doc.get("previous", [])), tuple(doc["canaries"])
+        self.highest = max(self.highest, *(v or 0 for v in (doc["stable"], doc["candidate"],
+                                                              doc.get("highest"))))
+        self.started_s = now_s if self.stage == "canary" else None
+
     def _change(self, now_s: float, stage: str, reason: str) -> Change:
         self.stage, self.reason, self.seq = stage, reason, self.seq + 1
         change = Change(now_s, stage, self.stable, self.candidate, reason)
@@ -238,7 +264,8 @@ class Rollout:
 
     # -- persistence and the published document ---------------------------------------------------
     def to_dict(self) -> dict:
-        """The state (without alert times), as persisted and published in the rollout document."""
+        """The state (without alert times: :meth:`alert_times`), as persisted and published
+        in the rollout document."""
         return {"class": self.fleet_class, "seq": self.seq, "stage": self.stage,
                 "reason": self.reason, "stable": self.stable, "candidate": self.candidate,
                 "previous": list(self.previous), "highest": self.highest,
@@ -248,7 +275,7 @@ class Rollout:
 
     @classmethod
     def from_dict(cls, doc: dict, policy: RolloutPolicy = RolloutPolicy()) -> Rollout:
-        """A rollout restored from :meth:`to_dict` (alert times start empty)."""
+        """A rollout restored from :meth:`to_dict` (alert times: :meth:`restore_alert_times`)."""
         r = cls(doc["class"], policy)
         r.seq, r.stage, r.reason = int(doc["seq"]), doc["stage"], doc["reason"]
         r.stable, r.candidate = doc["stable"], doc["candidate"]

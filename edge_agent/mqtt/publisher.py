@@ -206,14 +206,19 @@ class Publisher:
         self._subs.add(topic_filter, handler, qos, retained)
         self._events.put(("subscribe",))  # the worker subscribes: once per connection
 
+    @property
+    def subscribed(self) -> bool:
+        """Connected, and the broker has acknowledged every subscription on this connection."""
+        return self.connected and self._subs.all_acked()
+
     def wait_subscribed(self, timeout_s: float) -> bool:
-        """Wait until the broker has acknowledged every subscription on this connection."""
+        """Wait until :attr:`subscribed`; ``False`` on timeout."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.connected and self._subs.all_acked():
-                return True
+        while not self.subscribed:
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.02)
-        return False
+        return True
 
     def counters(self) -> dict:
         """sent, acked, refused (by reason), dead_lettered, reconnects, … (a copy)."""
