@@ -1,4 +1,4 @@
-"""Soak, short: 64 channels in real time through a real Mosquitto; memory stays flat.
+"""Soak, short: 32 channels in real time through a real Mosquitto; memory stays flat.
 
 The long soak (256 channels, 4 minutes, with resident-memory peaks) is
 ``python benchmarks/soak.py`` (figures in benchmarks/README.md). Here memory is judged
@@ -16,9 +16,11 @@ from benchmarks.soak import run_soak
 pytestmark = pytest.mark.slow
 
 
-def test_64_channels_in_real_time_memory_stays_flat(tmp_path):
-    result = run_soak(tmp_path, machines=32, channels=2, duration_s=75.0, warm_up_s=30.0,
-                      baseline_windows=20)
+def test_32_channels_in_real_time_memory_stays_flat(tmp_path):
+    # memory is measured for 30 s once every channel is monitoring (however long the
+    # learning budget makes the warm-up on this machine, at most 240 s)
+    result = run_soak(tmp_path, machines=16, channels=2, duration_s=30.0, warm_up_s=10.0,
+                      warm_up_timeout_s=240.0, baseline_windows=10)
     report = result.report()
     print(report)
     assert result.exit_code == 0, report
@@ -27,4 +29,4 @@ def test_64_channels_in_real_time_memory_stays_flat(tmp_path):
     assert status["dropped_frames"] == 0, report
     assert status["windows"] >= 0.95 * result.sent, report
     assert result.status["lag_s"] is not None and result.status["lag_s"] < 10, report
-    assert len(result.machine_docs) == 32 and result.monitored == 64, report
+    assert len(result.machine_docs) == 16 and result.monitored == 32, report
