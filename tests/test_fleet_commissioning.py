@@ -110,8 +110,11 @@ def test_a_commissioned_prior_that_does_not_verify_or_is_not_newer_is_not_adopte
     try:
         agg.tick()
         assert agg.priors[CLASS][1] == made and agg.rollouts[CLASS].candidate == 1
-        assert [r.event for r in caplog.records if hasattr(r, "event")].count(
-            "fleet_commissioning_skipped") == 1
+        assert len(events(caplog, "fleet_commissioning_skipped")) == 1
+        agg.outbox.close()
+        agg = Aggregator(aggregator_with(tmp_path, keys, "v1.json", state="built"), clock=clock)
+        agg.tick()  # said once: not again at the next start
+        assert len(events(caplog, "fleet_commissioning_skipped")) == 1
     finally:
         agg.outbox.close()
 
@@ -171,3 +174,42 @@ def test_commissioning_refuses_a_class_not_aggregated_and_a_rollback_below_it(
         assert agg.rollouts[CLASS].seq == seq and agg.rollouts[CLASS].stable == 1
     finally:
         agg.outbox.close()
+
+
+def test_a_standby_taking_over_after_the_leader_moved_past_the_commissioned_prior_is_silent(
+        fitted, keys, tmp_path, caplog):  # noqa: F811
+    from tests.test_fleet_exchange import settled
+
+    agent = fitted[0]
+    (tmp_path / "c1.json").write_text(json.dumps(signed_prior(agent, keys["key"], 1)))
+    clock = Clock()
+    pair = []
+    for me, peer in (("fleet-agg-1", "fleet-agg-2"), ("fleet-agg-2", "fleet-agg-1")):
+        aggregator_with(tmp_path, keys, "c1.json", state=me, extra=f'peers = ["{peer}"]\n')
+        path = tmp_path / "fleet.toml"  # (written again for each)
+        path.write_text(path.read_text().replace('id = "fleet-agg-1"', f'id = "{me}"'))
+        pair.append(Aggregator(load_fleet_config(path), clock=clock))
+    leader, standby = pair
+    settled(*pair)
+    try:
+        online = json.dumps({"agent": "fleet-agg-1", "status": "online"}).encode()
+        standby.handle(("peer", T.agent_status("fleet-agg-1"), online))
+        leader.tick()  # commissions version 1
+        for i in range(3):
+            leader.handle(("update",) + update(own_summary(agent), f"gw-{i}", f"m{i}", clock.t))
+        leader.tick()
+        clock.t += 60
+        leader.tick()  # version 2 made from the members' updates, promoted: 1 is not retained
+        assert (leader.rollouts[CLASS].stable, leader.rollouts[CLASS].stage) == (2, "promoted")
+        for name in ("prior", "rollout"):
+            topic = T.fleet_doc(CLASS, name)
+            standby.handle((name, topic, leader.publisher._statuses._docs[topic].payload))
+        assert sorted(standby.priors[CLASS]) == [2]
+        offline = json.dumps({"agent": "fleet-agg-1", "status": "offline"}).encode()
+        standby.handle(("peer", T.agent_status("fleet-agg-1"), offline))
+        standby.tick()
+        assert standby.leader and standby.rollouts[CLASS].seq == leader.rollouts[CLASS].seq
+        assert events(caplog, "fleet_commissioning_skipped") == []
+    finally:
+        for agg in pair:
+            agg.outbox.close()

@@ -512,26 +512,41 @@ def test_docs_fleet_md_documents_every_fleet_toml_key_with_its_default_and_range
     assert rows == {}
 
 
-def test_a_standby_leads_only_once_it_has_heard_its_peer_or_waited_the_settle_time(keys,
-                                                                                  tmp_path):
+def settled(*aggregators):
+    """As if the broker had acknowledged their subscriptions ``PEER_SETTLE_S`` ago."""
     from edge_agent.fleet.aggregator import PEER_SETTLE_S
 
-    text = FLEET_TOML.format(state=tmp_path / "agg-2", key=keys["key_path"]).replace(
-        'id = "fleet-agg-1"', 'id = "fleet-agg-2"\npeers = ["fleet-agg-1"]')
-    standby = Aggregator(parse_fleet_config(text), clock=Clock())
+    for agg in aggregators:
+        agg._subscribed_s = time.monotonic() - PEER_SETTLE_S
+
+
+def test_an_aggregator_of_a_pair_leads_only_after_the_settle_time_and_its_peers_status(
+        keys, tmp_path):
+    pair = []
+    for me, peer in (("fleet-agg-1", "fleet-agg-2"), ("fleet-agg-2", "fleet-agg-1")):
+        text = FLEET_TOML.format(state=tmp_path / me, key=keys["key_path"]).replace(
+            'id = "fleet-agg-1"', f'id = "{me}"\npeers = ["{peer}"]')
+        pair.append(Aggregator(parse_fleet_config(text), clock=Clock()))
+    first, second = pair
     try:
-        assert not standby.leader  # not subscribed yet: the leader's status may be on its way
-        standby._subscribed_s = time.monotonic()
-        assert not standby.leader
-        standby._subscribed_s -= PEER_SETTLE_S  # no retained status came: the peer never ran
-        assert standby.leader
-        standby._subscribed_s = time.monotonic()
-        for status, leads in (("offline", True), ("online", False), ("offline", True)):
+        # not subscribed yet, then just subscribed: a peer's retained status, rollout and
+        # versions may be on their way, whichever name comes first
+        for agg in pair:
+            assert not agg.leader
+            agg._subscribed_s = time.monotonic()
+            assert not agg.leader
+        settled(*pair)
+        assert first.leader and second.leader  # no status came: the peer never ran
+        for status, leads in (("online", False), ("offline", True)):
             doc = json.dumps({"agent": "fleet-agg-1", "status": status}).encode()
-            standby.handle(("peer", T.agent_status("fleet-agg-1"), doc))
-            assert standby.leader is leads, status
+            second.handle(("peer", T.agent_status("fleet-agg-1"), doc))
+            assert second.leader is leads, status
+        online = json.dumps({"agent": "fleet-agg-2", "status": "online"}).encode()
+        first.handle(("peer", T.agent_status("fleet-agg-2"), online))
+        assert first.leader  # the first in name order leads while it is online
     finally:
-        standby.outbox.close()
+        for agg in pair:
+            agg.outbox.close()
 
 
 def test_a_standby_aggregator_follows_the_leader_and_takes_over_when_it_goes_offline(
@@ -545,6 +560,12 @@ def test_a_standby_aggregator_follows_the_leader_and_takes_over_when_it_goes_off
             'id = "fleet-agg-1"', f'id = "{me}"\npeers = ["{peer}"]')
         pair.append(Aggregator(parse_fleet_config(text), clock=clock))
     leader, standby = pair
+    settled(*pair)
+
+    def retained(agg):
+        return {t.rsplit("/", 1)[1]: d.payload for t, d in agg.publisher._statuses._docs.items()
+                if t.startswith(T.fleet_root(CLASS)) and "/members/" not in t}
+
     try:
         online = json.dumps({"agent": "fleet-agg-1", "status": "online"}).encode()
         standby.handle(("peer", T.agent_status("fleet-agg-1"), online))
@@ -565,8 +586,7 @@ def test_a_standby_aggregator_follows_the_leader_and_takes_over_when_it_goes_off
         leader.tick()
         clock.t += 50
         leader.tick()  # version 1 promoted by the leader
-        docs = {t.rsplit("/", 1)[1]: d.payload for t, d in leader.publisher._statuses._docs.items()
-                if t.startswith(T.fleet_root(CLASS)) and "/members/" not in t}
+        docs = retained(leader)
         for name in ("prior", "candidate", "rollout"):
             standby.handle((name, T.fleet_doc(CLASS, name), docs[name]))
         assert standby.rollouts[CLASS].stable == 1 and 1 in standby.priors[CLASS]
@@ -578,6 +598,24 @@ def test_a_standby_aggregator_follows_the_leader_and_takes_over_when_it_goes_off
         standby.handle(("update",) + update(summary, "gw-1", "m1", clock.t))
         standby.tick()
         assert standby.rollouts[CLASS].candidate == 2 and standby.rollouts[CLASS].seq == 3
+        # the first restarts from its state (version 1, seq 2): before it leads it takes the
+        # standby's newer rollout and versions, so its next version is 3, not a second 2
+        leader.outbox.close()
+        restarted = Aggregator(leader.config, clock=clock)
+        pair.append(restarted)
+        assert restarted.rollouts[CLASS].seq == 2
+        restarted._subscribed_s = time.monotonic()
+        assert not restarted.leader
+        docs = retained(standby)
+        for name in ("rollout", "prior", "candidate"):
+            restarted.handle((name, T.fleet_doc(CLASS, name), docs[name]))
+        settled(restarted)
+        assert restarted.leader and restarted.rollouts[CLASS].seq == 3
+        assert sorted(restarted.priors[CLASS]) == [1, 2]
+        clock.t += 4000
+        restarted.handle(("update",) + update(summary, "gw-2", "m2", clock.t))
+        restarted.tick()
+        assert restarted.rollouts[CLASS].candidate == 3 and restarted.rollouts[CLASS].seq == 4
     finally:
         for agg in pair:
             agg.outbox.close()

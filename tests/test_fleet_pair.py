@@ -1,10 +1,11 @@
 """A redundant pair of ``edge-agent fleet aggregate`` processes on a live broker (the shipped
 plant ACL, TLS): the leader adopts the commissioned prior; a standby started beside it with
 a fresh state directory and the same commissioning file publishes nothing of its own (it
-waits for the leader's retained status before it could lead), follows the leader's rollout,
-and takes over silently when the leader stops. On a quiet machine the retained status
-usually arrives before the standby's first tick even without the settle rule; that rule and
-the in-process hand-over are unit-tested in tests/test_fleet_exchange.py.
+waits 5 s after subscribing, for the leader's retained status, before it could lead),
+follows the leader's rollout, and takes over silently when the leader stops. On a quiet
+machine the retained status usually arrives before the standby's first tick even without
+the settle rule; that rule, the in-process hand-over and a restart of the first in name
+order are unit-tested in tests/test_fleet_exchange.py.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def test_a_standby_started_beside_the_leader_publishes_nothing_of_its_own_then_t
 
         standby = start(*reversed(PAIR))
         watcher.wait(lambda w: any(
-            not f.get("leader", True) and f.get("classes", {}).get(CLASS, {}).get("rollout_seq") == 1
+            not f.get("leader", True)
+            and f.get("classes", {}).get(CLASS, {}).get("rollout_seq") == 1
             for f in fleet_status(w, status[PAIR[1]])), 60, "the standby following the leader")
         leader.stop()
         watcher.wait(lambda w: any(f.get("leader") for f in fleet_status(w, status[PAIR[1]])),

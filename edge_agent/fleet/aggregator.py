@@ -114,17 +114,16 @@ class Aggregator:
     def leader(self) -> bool:
         """No peer first in name order is online, as far as their retained statuses say.
 
-        Not before each such peer's status has come or ``PEER_SETTLE_S`` has passed since
-        the subscriptions were acknowledged: a standby started beside a running leader
-        must not publish a rollout of its own before it has heard of it.
+        In a pair, not before ``PEER_SETTLE_S`` has passed since the subscriptions were
+        acknowledged: the retained statuses, rollout and versions of a peer (one that leads
+        now, or led while this one was down) come first, so that neither a standby started
+        beside a leader nor a restarted leader publishes from what it knew before.
         """
         a = self.config.aggregator
-        first = [p for p in a.peers if p < a.id]
-        if any(self.peers_online.get(p, False) for p in first):
+        if a.peers and (self._subscribed_s is None
+                        or time.monotonic() - self._subscribed_s < PEER_SETTLE_S):
             return False
-        return all(p in self.peers_online for p in first) or (
-            self._subscribed_s is not None
-            and time.monotonic() - self._subscribed_s >= PEER_SETTLE_S)
+        return all(not self.peers_online.get(p, False) for p in a.peers if p < a.id)
 
     # -- handling (the main thread) ----------------------------------------------------------
     def handle(self, item) -> None:
@@ -144,9 +143,9 @@ class Aggregator:
                 self.peers_online[doc["agent"]] = doc.get("status") == "online"
             except (ValueError, KeyError, TypeError):
                 pass
-        elif kind == "rollout" and not self.leader:
+        elif kind == "rollout":  # a newer one is a peer's (the leader's own comes back older)
             self._adopt(payload)
-        elif kind in ("prior", "candidate") and not self.leader:
+        elif kind in ("prior", "candidate"):
             self._keep(payload)
 
     def _refuse(self, reason: str, topic: str, detail: str) -> None:
@@ -228,17 +227,22 @@ class Aggregator:
         self._publish(cls, now)
 
     def _adopt(self, payload: bytes) -> None:
-        """The standby follows the leader's retained rollout: its versions, its history."""
+        """Follow a newer retained rollout (a peer's that leads, or led while this one was down)."""
         from edge_agent.fleet.signed import verify_rollout
 
         try:
             doc = json.loads(payload)
             cls = doc["class"]
             verify_rollout(doc, self.key.public_key(), class_name=cls)
-            self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout)).adopt(
-                doc, now_s=self.clock())
+            rollout = self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout))
+            if not rollout.adopt(doc, now_s=self.clock()):
+                return
         except (ValueError, KeyError, TypeError, PriorRefused):
-            pass
+            return
+        # a commissioned prior not newer than the peer's versions was the peer's to adopt
+        # or warn about (a pair shares its configuration)
+        self.commissioned.update(d["signature"]["value"] for _, p, d in self._commissioned
+                                 if p.class_name == cls and int(p.version) <= rollout.highest)
 
     def _keep(self, payload: bytes) -> None:
         """The standby keeps the leader's signed versions (checked with the fleet key)."""
@@ -250,12 +254,20 @@ class Aggregator:
         except (ValueError, TypeError, AttributeError, PriorRefused):
             return
         self.priors.setdefault(prior.class_name, {})[prior.version] = doc
+        self._prune(prior.class_name, prior.version)
+
+    def _prune(self, cls: str, version: int) -> None:
+        """Keep the stable version, those a rollback returns to, the candidate and ``version``."""
+        r, versions = self.rollouts.get(cls), self.priors.get(cls, {})
+        keep = {version, *((r.stable, r.candidate, *r.previous[-KEEP_VERSIONS:]) if r else ())}
+        for v in [v for v in versions if v not in keep]:
+            del versions[v]
 
     # -- commissioning -----------------------------------------------------------------------
     def commission(self, now: float) -> None:
         """Adopt each commissioned prior not adopted yet (:meth:`Rollout.commission`); one
-        that is not newer than the class's versions is skipped, with a warning unless it is
-        the very document adopted before (by this aggregator, or by the peer it follows)."""
+        that is not newer than the class's versions is skipped, with one warning unless it
+        is the very document adopted before (by this aggregator, or by the peer it follows)."""
         for source, prior, doc in self._commissioned:
             cls, version = prior.class_name, int(prior.version)
             rollout = self.rollouts.setdefault(cls, Rollout(cls, self.config.rollout))
@@ -267,6 +279,8 @@ class Aggregator:
                     log.warning("commissioned prior not adopted: not newer", extra={
                         "event": "fleet_commissioning_skipped", "class": cls,
                         "version": version, "highest": rollout.highest, "file": source})
+                self.commissioned.add(doc["signature"]["value"])  # said once
+                self._save()
                 continue
             versions[version] = doc
             self.commissioned.add(doc["signature"]["value"])
@@ -307,9 +321,7 @@ class Aggregator:
         doc = sign_prior(prior, self.key)
         versions = self.priors.setdefault(cls, {})
         versions[version] = doc
-        keep = {rollout.stable, *rollout.previous[-KEEP_VERSIONS:], version}
-        for v in [v for v in versions if v not in keep]:
-            del versions[v]
+        self._prune(cls, version)
         rollout.propose(version, now_s=now, members=list(self.members[cls]))
         self.built_s[cls] = now
         self.dirty.discard(cls)

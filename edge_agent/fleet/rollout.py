@@ -239,18 +239,19 @@ class Rollout:
         return self._change(now_s, "rolled_back", f"rolled back from version {left} to "
                             f"{self.stable} (cmd/fleet-rollback)")
 
-    def adopt(self, doc: dict, *, now_s: float) -> None:
+    def adopt(self, doc: dict, *, now_s: float) -> bool:
         """Follow the verified rollout document ``doc`` of the leader of a redundant pair,
-        when it is newer; a trial it left unfinished starts over at ``now_s`` (its start is
-        not published)."""
+        when it is newer (``True``); a trial it left unfinished starts over at ``now_s`` (its
+        start is not published)."""
         if doc["seq"] <= self.seq:
-            return
+            return False
         self.seq, self.stage, self.reason = doc["seq"], doc["stage"], doc["reason"]
         self.stable, self.candidate = doc["stable"], doc["candidate"]
         self.previous, self.canaries = list(doc.get("previous", [])), tuple(doc["canaries"])
         self.highest = max(self.highest, *(v or 0 for v in (doc["stable"], doc["candidate"],
                                                               doc.get("highest"))))
         self.started_s = now_s if self.stage == "canary" else None
+        return True
 
     def _change(self, now_s: float, stage: str, reason: str) -> Change:
         self.stage, self.reason, self.seq = stage, reason, self.seq + 1

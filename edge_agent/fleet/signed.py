@@ -27,7 +27,8 @@ def rollout_doc(rollout: Rollout, *, created_s: float) -> dict:
     return {"schema": ROLLOUT_SCHEMA, "class": rollout.fleet_class, "seq": state["seq"],
             "created": iso_time(created_s), "stage": state["stage"], "reason": state["reason"],
             "stable": state["stable"], "candidate": state["candidate"],
-            "highest": state["highest"] or None, "previous": state["previous"][-32:], "canaries": state["canaries"],
+            "highest": state["highest"] or None, "previous": state["previous"][-32:],
+            "canaries": state["canaries"],
             "history": [{**{k: c[k] for k in ("stage", "stable", "candidate", "reason")},
                          "ts": iso_time(c["ts_s"])} for c in state["history"]]}
 
