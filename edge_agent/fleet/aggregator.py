@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -43,6 +42,7 @@ from edge_agent.fleet.rollout import Rollout, RolloutError
 from edge_agent.fleet.signed import rollout_doc
 from edge_agent.mqtt.topics import TopicError, Topics, alerts_filter, parse_topic, shared_filter
 from edge_agent.runtime.fleet_config import MAX_UPDATE_BYTES
+from edge_agent.runtime.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class Aggregator:
         self.topics = Topics(config.topics.prefix, config.topics.site, "area")
         a.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = a.state_dir / "aggregator.json"
+        self.alerts_path = a.state_dir / "alerts.json"  # the trials' alert times
         self.members: dict[str, OrderedDict[str, dict]] = {}  # class -> member -> update doc
         self.rollouts: dict[str, Rollout] = {}
         self.priors: dict[str, dict[int, dict]] = {}  # class -> version -> signed document
@@ -361,12 +362,16 @@ class Aggregator:
                  "rollouts": {c: r.to_dict() for c, r in self.rollouts.items()},
                  "priors": {c: {str(v): d for v, d in p.items()} for c, p in self.priors.items()},
                  "built_s": self.built_s, "dirty": sorted(self.dirty),
-                 "commissioned": sorted(self.commissioned),
-                 "alerts": {c: r.alert_times(self.clock()) for c, r in self.rollouts.items()}}
+                 "commissioned": sorted(self.commissioned)}
+        write_atomic(self.state_path, json.dumps(state, separators=(",", ":")).encode())
+        self._save_alerts()
+
+    def _save_alerts(self) -> None:
+        """The trials' alert times, in a file of their own: they change with every alert,
+        the members' updates in aggregator.json seldom."""
+        alerts = {c: r.alert_times(self.clock()) for c, r in self.rollouts.items()}
+        write_atomic(self.alerts_path, json.dumps(alerts, separators=(",", ":")).encode())
         self._alerts_unsaved = False
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, separators=(",", ":")))
-        os.replace(tmp, self.state_path)
 
     def _load(self) -> None:
         if not self.state_path.exists():
@@ -378,7 +383,8 @@ class Aggregator:
         self.priors = {c: {int(v): d for v, d in p.items()} for c, p in state["priors"].items()}
         self.built_s, self.dirty = dict(state["built_s"]), set(state["dirty"])
         self.commissioned = set(state.get("commissioned", ()))
-        for cls, times in state.get("alerts", {}).items():
+        alerts = json.loads(self.alerts_path.read_text()) if self.alerts_path.exists() else {}
+        for cls, times in alerts.items():
             if cls in self.rollouts:
                 self.rollouts[cls].restore_alert_times(times)
 
@@ -400,12 +406,12 @@ class Aggregator:
                 self.tick()
                 if time.monotonic() - last_status >= every:
                     if self._alerts_unsaved:
-                        self._save()
+                        self._save_alerts()
                     self.publisher.publish_agent_status(fleet=self.status())
                     last_status = time.monotonic()
         finally:
             if self._alerts_unsaved:
-                self._save()
+                self._save_alerts()
             self.publisher.publish_agent_status(fleet=self.status())
             self.publisher.close(drain_s=2.0)
             self.outbox.close()
